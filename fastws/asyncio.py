@@ -1,0 +1,461 @@
+"""The coroutine level: ``async def handler(ws)``, a drop-in for ``websockets``.
+
+It is a callback-level handler on top of :class:`fastws.protocol.Connection`,
+not a second protocol. What it adds, and what that costs per message:
+
+- a bounded receive queue (a ``deque`` append, and a future only when
+  ``recv()`` is already waiting);
+- flow control both ways: reading from the socket pauses when ``max_queue``
+  messages wait, and ``await send()`` waits while the write buffer is above
+  ``write_limit``;
+- keepalive pings on timers (no task per connection), which tell a blocked
+  event loop from a peer that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+from . import _impl
+from .exceptions import ConcurrencyError, ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+from .http import Request, Response
+from .protocol import CLOSED, OPEN, PAUSE_QUEUE, Connection, State
+
+__all__ = ["ServerConnection", "broadcast", "coroutine_handler_factory"]
+
+logger = logging.getLogger("fastws")
+
+_frame = _impl.frame
+OP_CONT: int = _frame.OP_CONT
+OP_TEXT: int = _frame.OP_TEXT
+OP_BINARY: int = _frame.OP_BINARY
+OP_PING: int = _frame.OP_PING
+
+Data = str | bytes
+
+
+class ServerConnection:
+    """What an ``async def handler(ws)`` receives; mirrors ``websockets``'.
+
+    ``recv()``, ``send()``, ``async for``, ``close()``, ``wait_closed()``,
+    ``ping()``, ``pong()``, ``request``, ``remote_address``,
+    ``local_address``, ``subprotocol``, ``close_code``, ``close_reason``,
+    ``latency``, ``state``, ``id``, ``respond()``.
+    """
+
+    def __init__(self, handler: Callable[["ServerConnection"], Awaitable[Any]]) -> None:
+        self._handler = handler
+        self._conn: Connection = None  # type: ignore[assignment]
+        self._messages: deque[tuple[bytes, bool]] = deque()
+        self._recv_waiter: asyncio.Future[None] | None = None
+        self._recv_busy = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        self._task: asyncio.Task[Any] | None = None
+        self._ka_timer: asyncio.TimerHandle | None = None
+        self._ka_payload: bytes | None = None
+        self._ka_due = 0.0
+        self._high = 0
+        self._low = 0
+        #: Round-trip time of the last keepalive ping, in seconds.
+        self.latency: float = 0.0
+
+    # -- attributes, as in websockets -----------------------------------
+
+    @property
+    def request(self) -> Request | None:
+        """The opening handshake request (``path``, ``headers``)."""
+        return self._conn.request
+
+    @property
+    def response(self) -> Response | None:
+        return self._conn.response
+
+    @property
+    def remote_address(self) -> Any:
+        return self._conn.remote_address
+
+    @property
+    def local_address(self) -> Any:
+        return self._conn.local_address
+
+    @property
+    def subprotocol(self) -> str | None:
+        return self._conn.subprotocol
+
+    @property
+    def state(self) -> State:
+        return self._conn.state
+
+    @property
+    def close_code(self) -> int | None:
+        return self._conn.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._conn.close_reason
+
+    @property
+    def id(self) -> Any:
+        return self._conn.id
+
+    @property
+    def connection(self) -> Connection:
+        """The callback-level connection underneath."""
+        return self._conn
+
+    def respond(self, status: int, text: str) -> Response:
+        """Build a plain-text HTTP response (for ``process_request``)."""
+        return self._conn.respond(status, text)
+
+    def __repr__(self) -> str:
+        return f"<fastws.ServerConnection {self._conn!r}>"
+
+    # -- receiving ------------------------------------------------------
+
+    async def recv(self, decode: bool | None = None) -> Data:
+        """The next message: ``str`` for text, ``bytes`` for binary.
+
+        ``decode=False`` returns text as bytes; ``decode=True`` decodes binary
+        as UTF-8. Raises :class:`ConnectionClosedOK` after a normal close,
+        :class:`ConnectionClosedError` otherwise.
+        """
+        if self._recv_busy:
+            raise ConcurrencyError("cannot call recv while another coroutine is already running recv")
+        messages = self._messages
+        if not messages:
+            if self._conn._state == CLOSED or self._conn._state == 2 and self._conn.close_rcvd is not None:
+                raise self._conn._closed_exc()
+            self._recv_busy = True
+            waiter = self._recv_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._recv_busy = False
+                self._recv_waiter = None
+            if not messages:
+                raise self._conn._closed_exc()
+        data, is_text = messages.popleft()
+        if self._conn._read_paused & PAUSE_QUEUE and len(messages) <= self._low:
+            self._conn._resume(PAUSE_QUEUE)
+        if decode is None:
+            return data.decode() if is_text else data
+        return data.decode() if decode else data
+
+    def __aiter__(self) -> AsyncIterator[Data]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Data]:
+        try:
+            while True:
+                yield await self.recv()
+        except ConnectionClosedOK:
+            return
+
+    # -- sending --------------------------------------------------------
+
+    async def send(self, message: Data | Iterable[Data] | AsyncIterable[Data], text: bool | None = None) -> None:
+        """Send a message; an (async) iterable is sent as one fragmented message.
+
+        Waits while the write buffer is above ``write_limit``, so a peer that
+        does not read slows the sender instead of growing memory.
+        """
+        conn = self._conn
+        if isinstance(message, (str, bytes, bytearray, memoryview)):
+            conn.send(message, text)
+        elif isinstance(message, dict):
+            raise TypeError("data is a dict-like object")
+        elif isinstance(message, Iterable):
+            await self._send_fragments(iter(message), text)
+            return
+        elif isinstance(message, AsyncIterable):
+            await self._send_async_fragments(message, text)
+            return
+        else:
+            raise TypeError(f"message has unsupported type {type(message).__name__}")
+        if conn._write_paused:
+            await self._drain()
+
+    async def _send_fragments(self, chunks: Any, text: bool | None) -> None:
+        conn = self._conn
+        try:
+            first = next(chunks)
+        except StopIteration:
+            return
+        opcode = _fragment_opcode(first, text)
+        prev = first
+        for chunk in chunks:
+            _check_fragment(chunk, opcode, text)
+            conn.send_frame(opcode, prev, fin=False)
+            opcode = OP_CONT
+            prev = chunk
+            if conn._write_paused:
+                await self._drain()
+        conn.send_frame(opcode, prev, fin=True)
+        if conn._write_paused:
+            await self._drain()
+
+    async def _send_async_fragments(self, chunks: AsyncIterable[Data], text: bool | None) -> None:
+        conn = self._conn
+        iterator = chunks.__aiter__()
+        try:
+            prev = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        opcode = _fragment_opcode(prev, text)
+        async for chunk in iterator:  # type: ignore[attr-defined]
+            _check_fragment(chunk, opcode, text)
+            conn.send_frame(opcode, prev, fin=False)
+            opcode = OP_CONT
+            prev = chunk
+            if conn._write_paused:
+                await self._drain()
+        conn.send_frame(opcode, prev, fin=True)
+        if conn._write_paused:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        conn = self._conn
+        while conn._write_paused:
+            if conn._state == CLOSED:
+                raise conn._closed_exc()
+            waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with ``code`` and wait until the TCP connection is closed."""
+        self._conn.close(code, reason)
+        await self._conn.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed."""
+        await self._conn.wait_closed()
+
+    async def ping(self, data: Data | None = None) -> Awaitable[float]:
+        """Send a ping; return an awaitable that resolves to the latency
+        (seconds) when the matching pong arrives."""
+        conn = self._conn
+        if data is None:
+            payload = os.urandom(4)
+            while payload in self._pings:
+                payload = os.urandom(4)
+        else:
+            payload = data.encode() if isinstance(data, str) else bytes(data)
+            if payload in self._pings:
+                raise ConcurrencyError("already waiting for a pong with the same data")
+        conn.ping(payload)
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._pings[payload] = (waiter, time.monotonic())
+        return waiter
+
+    async def pong(self, data: Data = b"") -> None:
+        """Send an unsolicited pong."""
+        self._conn.pong(data)
+
+    # -- callbacks from the protocol --------------------------------------
+
+    def _bind(self, conn: Connection) -> "ServerConnection":
+        self._conn = conn
+        config = conn._config
+        self._high = config.max_queue or 0
+        self._low = self._high // 4
+        return self
+
+    def _on_connect(self, conn: Connection) -> None:
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        conn._server.track_task(self._task)
+        if conn._config.ping_interval is not None:
+            self._ka_timer = loop.call_later(conn._config.ping_interval, self._keepalive_ping)
+
+    def _on_message(self, conn: Connection, data: bytes, is_text: bool) -> None:
+        messages = self._messages
+        messages.append((data, is_text))
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._high and len(messages) >= self._high:
+            conn._pause(PAUSE_QUEUE)
+
+    def _on_pong(self, conn: Connection, data: bytes) -> None:
+        now = time.monotonic()
+        if data == self._ka_payload:
+            self._ka_payload = None
+            self.latency = now - self._ka_due
+            self._schedule_keepalive()
+        entry = self._pings.get(data)
+        if entry is None:
+            return  # unsolicited pong: ignored (RFC 6455 section 5.5.3)
+        # A pong acknowledges its ping and every earlier one (as websockets).
+        for payload in list(self._pings):
+            waiter, sent = self._pings.pop(payload)
+            if not waiter.done():
+                waiter.set_result(now - sent)
+            if payload == data:
+                self.latency = now - sent
+                break
+
+    def _on_drain(self, conn: Connection) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _on_close(self, conn: Connection, code: int, reason: str) -> None:
+        if self._ka_timer is not None:
+            self._ka_timer.cancel()
+            self._ka_timer = None
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        exc = conn._closed_exc()
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
+        self._drain_waiters = []
+        for ping_waiter, _ in self._pings.values():
+            if not ping_waiter.done():
+                ping_waiter.set_exception(conn._closed_exc())
+                # Nobody may be awaiting a ping's waiter; don't warn about it.
+                ping_waiter.exception()
+        self._pings.clear()
+
+    # -- internals ------------------------------------------------------
+
+    async def _run(self) -> None:
+        conn = self._conn
+        try:
+            await self._handler(self)
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            conn.close(1001, "server shutting down")
+            raise
+        except Exception:
+            logger.exception("conn %d: connection handler failed; closing with 1011", conn._num)
+            if conn._state == OPEN:
+                conn.close(1011, "internal error")
+            return
+        if conn._state == OPEN:
+            conn.close(1000, "")
+
+    def _schedule_keepalive(self) -> None:
+        conn = self._conn
+        if self._ka_timer is not None:
+            self._ka_timer.cancel()
+            self._ka_timer = None
+        if conn._state == OPEN and conn._config.ping_interval is not None:
+            self._ka_timer = asyncio.get_running_loop().call_later(conn._config.ping_interval, self._keepalive_ping)
+
+    def _keepalive_ping(self) -> None:
+        conn = self._conn
+        self._ka_timer = None
+        if conn._state != OPEN:
+            return
+        payload = struct.pack("!I", int.from_bytes(os.urandom(4), "big"))
+        self._ka_payload = payload
+        self._ka_due = time.monotonic()
+        conn.ping(payload)
+        timeout = conn._config.ping_timeout
+        if timeout is not None:
+            self._ka_timer = asyncio.get_running_loop().call_later(timeout, self._keepalive_timeout, time.monotonic() + timeout)
+
+    def _keepalive_timeout(self, due: float) -> None:
+        conn = self._conn
+        self._ka_timer = None
+        if conn._state != OPEN or self._ka_payload is None:
+            return
+        late = time.monotonic() - due
+        timeout = conn._config.ping_timeout or 0.0
+        if late > max(1.0, timeout / 2):
+            # The timer fired far too late: our own loop was blocked, so the
+            # missing pong proves nothing about the peer. Give it another turn.
+            logger.warning(
+                "conn %d: keepalive check ran %.1fs late: the event loop was blocked; not closing",
+                conn._num,
+                late,
+            )
+            self._ka_timer = asyncio.get_running_loop().call_later(timeout, self._keepalive_timeout, time.monotonic() + timeout)
+            return
+        logger.info(
+            "conn %d: no pong within %ss (ping_timeout): the peer is gone or stuck; closing with 1011",
+            conn._num,
+            timeout,
+        )
+        conn._fail(1011, "keepalive ping timeout")
+
+
+def _fragment_opcode(first: Data, text: bool | None) -> int:
+    if text is None:
+        if isinstance(first, str):
+            return OP_TEXT
+        if isinstance(first, (bytes, bytearray, memoryview)):
+            return OP_BINARY
+        raise TypeError(f"message fragment has unsupported type {type(first).__name__}")
+    return OP_TEXT if text else OP_BINARY
+
+
+def _check_fragment(chunk: Data, opcode: int, text: bool | None) -> None:
+    if text is None and isinstance(chunk, str) is not isinstance(chunk, str):
+        raise TypeError("all fragments must be of the same type")
+
+
+class _Callbacks:
+    """The callback-level face of one ServerConnection (what the protocol calls)."""
+
+    __slots__ = ("on_connect", "on_message", "on_pong", "on_drain", "on_close", "_fastws_bind")
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self.on_connect = ws._on_connect
+        self.on_message = ws._on_message
+        self.on_pong = ws._on_pong
+        self.on_drain = ws._on_drain
+        self.on_close = ws._on_close
+        self._fastws_bind = ws._bind
+
+
+def coroutine_handler_factory(handler: Callable[[ServerConnection], Awaitable[Any]]) -> Callable[[], _Callbacks]:
+    """A per-connection factory that runs ``handler(ws)`` in a task."""
+
+    def factory() -> _Callbacks:
+        return _Callbacks(ServerConnection(handler))
+
+    return factory
+
+
+def broadcast(connections: Iterable[Any], message: Data, *, raise_exceptions: bool = False) -> None:
+    """Send ``message`` to every open connection, framing it once, not waiting.
+
+    Works with both levels' connection objects. A connection whose write
+    buffer is above ``write_limit`` (a slow reader) is skipped for this
+    message, so one slow client never grows the server's memory.
+    """
+    frame = _frame.encode_frame(OP_TEXT if isinstance(message, str) else OP_BINARY, message)
+    errors = []
+    skipped = 0
+    for ws in connections:
+        conn = ws._conn if isinstance(ws, ServerConnection) else ws
+        if conn._state != OPEN:
+            continue
+        if conn._write_paused:
+            skipped += 1
+            continue
+        try:
+            conn._transport.write(frame)
+        except Exception as exc:
+            if raise_exceptions:
+                errors.append(exc)
+            else:
+                logger.warning("conn %d: broadcast failed: %s", conn._num, exc)
+    if skipped:
+        logger.debug("broadcast skipped %d slow connection(s)", skipped)
+    if errors:
+        raise ExceptionGroup("broadcast failed", errors)

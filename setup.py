@@ -1,0 +1,59 @@
+"""Build the Cython extensions of fastws.
+
+Metadata lives in ``pyproject.toml``; this file only describes the compiled
+modules. Build knobs (all environment variables, read once here):
+
+- ``FASTWS_NO_EXTENSIONS=1``  build nothing; the pure-Python twins are used.
+- ``FASTWS_ANNOTATE=1``       write ``cython -a`` HTML next to each ``.pyx``.
+- ``FASTWS_DEBUG=1``          ``-O0 -g`` and Cython bounds/wraparound checks on,
+                              and the ``FASTWS_DEBUG`` compile-time constant
+                              set so invariant checks in the ``.pyx`` run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import Extension, setup
+
+NO_EXTENSIONS = os.environ.get("FASTWS_NO_EXTENSIONS", "") not in ("", "0")
+ANNOTATE = os.environ.get("FASTWS_ANNOTATE", "") not in ("", "0")
+DEBUG = os.environ.get("FASTWS_DEBUG", "") not in ("", "0")
+
+MODULES = ["_frame", "_handshake"]
+
+
+def extensions() -> list[Extension]:
+    if NO_EXTENSIONS:
+        return []
+    from Cython.Build import cythonize
+
+    if DEBUG:
+        cflags = ["-O0", "-g3", "-UNDEBUG"]
+    else:
+        cflags = ["-O3"]
+    if sys.platform != "win32":
+        cflags += ["-fno-strict-aliasing"]
+    exts = [
+        Extension(f"fastws.{name}", [f"fastws/{name}.pyx"], extra_compile_args=cflags)
+        for name in MODULES
+    ]
+    # Directives are set once, here, for every module (STYLE.md item 11).
+    directives = {
+        "language_level": 3,
+        "boundscheck": DEBUG,
+        "wraparound": DEBUG,
+        "initializedcheck": DEBUG,
+        "cdivision": True,
+        "embedsignature": True,
+    }
+    return cythonize(
+        exts,
+        compiler_directives=directives,
+        annotate=ANNOTATE,
+        compile_time_env={"FASTWS_DEBUG": DEBUG},
+    )
+
+
+setup(ext_modules=extensions())
