@@ -22,6 +22,9 @@ ANNOTATE = os.environ.get("FASTWS_ANNOTATE", "") not in ("", "0")
 DEBUG = os.environ.get("FASTWS_DEBUG", "") not in ("", "0")
 
 MODULES = ["_frame", "_handshake"]
+# Pure-Python modules also compiled as-is (a symlink gives the compiled copy
+# its own name, so the .py stays importable as the twin).
+COMPILED_PY = ["_protocol_c"]
 
 
 def extensions() -> list[Extension]:
@@ -38,6 +41,9 @@ def extensions() -> list[Extension]:
     exts = [
         Extension(f"fastws.{name}", [f"fastws/{name}.pyx"], extra_compile_args=cflags)
         for name in MODULES
+    ] + [
+        Extension(f"fastws.{name}", [f"fastws/{name}.py"], extra_compile_args=cflags)
+        for name in COMPILED_PY
     ]
     # Directives are set once, here, for every module (STYLE.md item 11).
     directives = {

@@ -31,7 +31,8 @@ from .exceptions import (
     WebSocketException,
 )
 from .http import Headers, Request, Response
-from .protocol import CloseCode, Connection, Handler, State
+from ._impl import Connection
+from .protocol import CloseCode, Handler, State
 from .server import Server, serve, unix_serve
 from .asyncio import ServerConnection, broadcast
 

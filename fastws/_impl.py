@@ -42,3 +42,16 @@ else:
         )
 
 CODEC_NAME: str = "compiled" if COMPILED else "pure-python"
+
+# The protocol's Connection: the compiled copy of protocol.py (see
+# _protocol_c.pxd) when the extensions are in use, else protocol.py itself.
+# Imported last: both import this module for `frame`, set above.
+if COMPILED:
+    try:
+        from ._protocol_c import Connection
+    except ImportError as exc:  # pragma: no cover - depends on the build
+        from .protocol import Connection
+
+        logger.warning("fastws: compiled protocol not available (%s); using protocol.py", exc)
+else:
+    from .protocol import Connection  # type: ignore[assignment]

@@ -109,7 +109,7 @@ class Handler:
         """The connection is closed; ``code`` is 1006 if the peer vanished."""
 
 
-class Connection(asyncio.Protocol):
+class Connection:
     """One WebSocket connection (server side) at the callback level.
 
     Public attributes: ``request`` (path, headers), ``remote_address``,

@@ -19,6 +19,7 @@ from typing import Any
 from .config import DEFAULTS, Config
 from .exceptions import InvalidHeader, InvalidOrigin, NegotiationError
 from .http import Request, Response, upgrade_required
+from . import _impl
 from .protocol import CLOSED, CONNECTING, OPEN, Connection
 
 __all__ = ["Server", "serve", "unix_serve", "resolve_handler"]
@@ -191,7 +192,8 @@ class Server:
 
     async def _listen(self, create: Callable[[Callable[[], Connection]], Awaitable[asyncio.Server]]) -> None:
         state = self._state
-        self._server = await create(lambda: Connection(state))
+        connection = _impl.Connection
+        self._server = await create(lambda: connection(state))
 
     def is_serving(self) -> bool:
         """True while the server accepts new connections."""

@@ -1,0 +1,37 @@
+# Compiled twin of fastws/protocol.py: _protocol_c.py is a symlink to it, and
+# this file turns its Connection into an extension type with typed fields
+# (the way aiohttp compiles reader_py.py as reader_c). One source, two
+# builds: FASTWS_NO_EXTENSIONS=1 runs the .py, the wheel runs this.
+
+cdef class Connection:
+    cdef readonly object _server         #: ServerState shared by the server's connections
+    cdef readonly object _config         #: the server's frozen Config
+    cdef readonly Py_ssize_t _num        #: connection number in log lines
+    cdef object _uuid
+    cdef public int _state               #: CONNECTING, OPEN, CLOSING or CLOSED
+    cdef readonly object _transport
+    cdef double _started
+    cdef public object request
+    cdef public object response
+    cdef public object remote_address
+    cdef public object local_address
+    cdef public object subprotocol
+    cdef public object close_rcvd        #: (code, reason) received, or None
+    cdef public object close_sent        #: (code, reason) sent, or None
+    cdef readonly object _handler        #: what make_handler() returned
+    cdef object _on_message              #: bound handler callbacks, looked up once
+    cdef object _on_pong
+    cdef object _on_ping
+    cdef object _on_drain
+    cdef bint _opened                    #: on_connect was called, so on_close will be
+    cdef readonly int _read_paused       #: PAUSE_* bits; reading resumes at 0
+    cdef readonly bint _write_paused     #: write buffer above write_limit
+    cdef object _timer
+    cdef object _parser                  #: httptools parser, handshake phase only
+    cdef Py_ssize_t _hs_size
+    cdef bint _hs_done
+    cdef bytes _url
+    cdef list _headers
+    cdef object _reader                  #: FrameReader, frame phase only
+    cdef object _lost_waiter
+    cdef object _public                  #: what user code sees (self, or the coroutine-level wrapper)
