@@ -57,8 +57,15 @@ class ServerProcess:
     pure-Python twin; ``"compiled"`` requires the compiled extension.
     """
 
-    def __init__(self, *args: str, codec: str = "compiled", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        codec: str = "compiled",
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike[str] = ROOT,
+    ) -> None:
         self.args = ["serve", *args]
+        self.cwd = cwd
         if "--port" not in args and "--uds" not in args:
             self.args += ["--port", "0"]
         self.env = dict(os.environ, **(env or {}))
@@ -74,7 +81,7 @@ class ServerProcess:
     def start(self, timeout: float = 10.0) -> "ServerProcess":
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fastws", *self.args],
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
