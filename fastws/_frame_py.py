@@ -196,7 +196,7 @@ class FrameReader:
         self._msg = bytearray()
         self._decoder = None
 
-    def _parse_frame(self) -> tuple[int, bytes] | object | None:
+    def _parse_frame(self) -> tuple[int, bytes] | None:
         """Parse the frame at ``_pos``.
 
         Returns an event, ``_CONSUMED`` for a frame that ended without one (a
@@ -251,10 +251,9 @@ class FrameReader:
         if masked and not self._require_mask:
             raise ProtocolError(1002, "server frame is masked (RFC 6455 section 5.1)")
         length = b1 & 0x7F
-        if opcode >= 8 and length > 125:
-            raise ProtocolError(1002, "control frame payload longer than 125 bytes (RFC 6455 section 5.5)")
         # Lengths need not use the shortest encoding: RFC 6455 section 5.2 says
-        # "must", but rejecting a peer over it buys nothing, so we are lenient.
+        # "must", but rejecting a peer over it buys nothing, so we are lenient
+        # (also for control frames: their limit applies to the decoded length).
         hlen = 2
         if length == 126:
             if avail < 4:
@@ -270,6 +269,8 @@ class FrameReader:
                     1002, "64-bit payload length has the most significant bit set (RFC 6455 section 5.2)"
                 )
             hlen = 10
+        if opcode >= 8 and length > 125:
+            raise ProtocolError(1002, "control frame payload longer than 125 bytes (RFC 6455 section 5.5)")
         # Refuse an oversized message on its header, before buffering it.
         if opcode < 8 and self._max_size is not None and len(self._msg) + length > self._max_size:
             raise ProtocolError(
@@ -295,7 +296,7 @@ class FrameReader:
             # Partial frame: check the text received so far, so that garbage
             # fails now and not after the peer has sent megabytes more.
             if check_text and have > done:
-                chunk = buf[start + done : start + have]
+                chunk: bytes | bytearray = buf[start + done : start + have]
                 if masked:
                     chunk = _unmask(chunk, key, done)
                     buf[start + done : start + have] = chunk
@@ -350,7 +351,8 @@ class FrameReader:
         return event
 
 
-_CONSUMED = object()
+# Returned by _parse_frame for a frame that yields no event; compared by identity.
+_CONSUMED: tuple[int, bytes] = (-1, b"")
 
 
 def encode_frame(
