@@ -372,7 +372,19 @@ def cli_process() -> Any:
     yield start
     for proc in procs:
         if proc.proc is not None and proc.proc.poll() is None:
+            # A failed test may leave workers behind: kill the whole tree.
+            try:
+                import psutil
+
+                children = psutil.Process(proc.proc.pid).children(recursive=True)
+            except Exception:
+                children = []
             proc.stop(signal.SIGKILL)
+            for child in children:
+                try:
+                    child.kill()
+                except Exception:
+                    pass
 
 
 @pytest.fixture(scope="session", params=["compiled", "pure"])
