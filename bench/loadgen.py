@@ -1,0 +1,763 @@
+"""A WebSocket load generator fast enough not to be the bottleneck.
+
+Scenario "pipelined echo": ``--conns`` connections each keep ``--pipeline``
+messages of ``--size`` bytes in flight; every echo that comes back is answered
+with one new message, so the server always has work queued. After
+``--warmup`` seconds the figures of a ``--duration`` second window are taken:
+
+- messages/s (echoes received in the window / window length);
+- round-trip latency percentiles of each message (send timestamps wait in a
+  per-connection deque; the echo pops the oldest: echo servers answer in
+  order);
+- CPU seconds of the load generator itself (``getrusage``) and of the server
+  (``psutil`` on ``--server-pid``, children included), the server's RSS, and
+  messages per server CPU-second: the figure that does not care how busy the
+  machine was.
+
+Why it is fast: the client is a bare ``asyncio.Protocol`` on uvloop that
+speaks HTTP/1.1 for the upgrade itself, then uses fastws' own codec. The
+masked message is encoded once; each batch of k echoes parsed from one read
+is answered by one ``write`` of k copies of those bytes (pre-built), so the
+per-message Python work is a parser step, a compare and a deque pop.
+
+Usage::
+
+    python -m bench.loadgen ws://127.0.0.1:9001/ --conns 64 --pipeline 16 --size 64 --duration 5
+    python -m bench.loadgen ws://127.0.0.1:9001/ --procs 2 --json
+
+Works against any RFC 6455 server (no extension is offered).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import math
+import os
+import resource
+import sys
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastws import _impl
+
+_frame = _impl.frame
+_accept_key = _impl.handshake.accept_key
+OP_TEXT: int = _frame.OP_TEXT
+OP_BINARY: int = _frame.OP_BINARY
+OP_CLOSE: int = _frame.OP_CLOSE
+OP_PING: int = _frame.OP_PING
+OP_PONG: int = _frame.OP_PONG
+
+__all__ = ["LoadConfig", "ServerProbe", "format_report", "main", "run_load"]
+
+#: Fraction of a core above which the load generator may be the bottleneck.
+SATURATED = 0.90
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """One load run; sizes in bytes, times in seconds."""
+
+    url: str
+    conns: int = 64
+    pipeline: int = 16
+    size: int = 64
+    duration: float = 5.0
+    warmup: float = 1.0
+    text: bool = False
+    procs: int = 1
+    #: CPUs the load generator is pinned to (None: not pinned).
+    cpus: tuple[int, ...] | None = None
+    #: PID of the server to measure; None for no server figures.
+    server_pid: int | None = None
+    connect_timeout: float = 10.0
+    close_timeout: float = 3.0
+
+
+# -- server side measurements ----------------------------------------------
+
+
+class ServerProbe:
+    """CPU time and RSS of a server process and its children (workers)."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.pid = pid
+        self._proc = psutil.Process(pid)
+        self.name = " ".join(self._proc.cmdline()[:4]) or self._proc.name()
+
+    def sample(self) -> tuple[float, int]:
+        """``(cpu_seconds, rss_bytes)`` summed over the process tree."""
+        procs = [self._proc]
+        try:
+            procs += self._proc.children(recursive=True)
+        except self._psutil.Error:
+            pass
+        cpu = 0.0
+        rss = 0
+        for p in procs:
+            try:
+                with p.oneshot():
+                    t = p.cpu_times()
+                    cpu += t.user + t.system
+                    rss += p.memory_info().rss
+            except self._psutil.Error:
+                pass  # a worker that just exited: its time is lost, rarely
+        return cpu, rss
+
+
+def find_listener_pid(host: str, port: int) -> int | None:
+    """The PID listening on ``port`` (local servers only), or None."""
+    try:
+        import psutil
+
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+                return int(c.pid)
+    except Exception:  # noqa: BLE001 - best effort: no permission, no psutil
+        return None
+    return None
+
+
+def _self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# -- the client ------------------------------------------------------------
+
+
+class _Shared:
+    """State of one load-generator process, shared by its connections."""
+
+    __slots__ = (
+        "frame",
+        "batches",
+        "payload",
+        "opcode",
+        "mask",
+        "recording",
+        "received",
+        "rtts",
+        "mismatches",
+        "protocol_errors",
+        "lost",
+        "unexpected_closes",
+        "error_samples",
+    )
+
+    def __init__(self, cfg: LoadConfig) -> None:
+        if cfg.text:
+            self.payload = (b"0123456789abcdef" * (cfg.size // 16 + 1))[: cfg.size]
+            self.opcode = OP_TEXT
+        else:
+            self.payload = os.urandom(cfg.size)
+            self.opcode = OP_BINARY
+        self.mask = os.urandom(4)
+        # One masked frame, encoded once; batches[k] is k of them back to back.
+        self.frame = _frame.encode_frame(self.opcode, self.payload, mask=self.mask)
+        self.batches = [self.frame * k for k in range(cfg.pipeline + 1)]
+        self.recording = False
+        self.received = 0
+        self.rtts = array("d")
+        self.mismatches = 0
+        self.protocol_errors = 0
+        self.lost = 0
+        self.unexpected_closes = 0
+        self.error_samples: list[str] = []
+
+    def error(self, text: str) -> None:
+        if len(self.error_samples) < 5:
+            self.error_samples.append(text)
+
+
+class EchoClient(asyncio.Protocol):
+    """One connection: handshake by hand, then pipelined echo."""
+
+    __slots__ = (
+        "shared",
+        "request",
+        "key",
+        "transport",
+        "opened",
+        "closed",
+        "reader",
+        "sent",
+        "sending",
+        "is_open",
+        "closing",
+        "head",
+    )
+
+    def __init__(self, shared: _Shared, host: str, path: str, opened: asyncio.Future[None], closed: asyncio.Future[None]) -> None:
+        self.shared = shared
+        self.key = base64.b64encode(os.urandom(16))
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {self.key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
+            "User-Agent: fastws-bench-loadgen\r\n\r\n"
+        ).encode("latin-1")
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.opened = opened
+        self.closed = closed
+        self.reader: Any = None
+        self.sent: deque[float] = deque()
+        self.sending = False
+        self.is_open = False
+        self.closing = False
+        self.head = b""
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.is_open:
+            self._frames(data)
+        else:
+            self._handshake(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closing and self.is_open:
+            self.shared.lost += 1
+            self.shared.error(f"connection lost during the run: {exc!r}")
+        self.is_open = False
+        self.sending = False
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"connection lost during the handshake: {exc!r}"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # handshake
+
+    def _handshake(self, data: bytes) -> None:
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.head) > 65536:
+                self._refuse("handshake response head too large")
+            return
+        head, rest = self.head[:end].decode("latin-1"), self.head[end + 4 :]
+        self.head = b""
+        lines = head.split("\r\n")
+        status = lines[0].split(" ", 2)
+        if len(status) < 2 or status[1] != "101":
+            self._refuse(f"server answered {lines[0]!r} instead of 101")
+            return
+        accept = ""
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "sec-websocket-accept":
+                accept = value.strip()
+        if accept.encode() != _accept_key(self.key):
+            self._refuse(f"bad Sec-WebSocket-Accept {accept!r}")
+            return
+        self.reader = _frame.FrameReader(require_mask=False, max_message_size=None)
+        self.is_open = True
+        self.opened.set_result(None)
+        if rest:
+            self._frames(rest)
+
+    def _refuse(self, why: str) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(why))
+        self.transport.abort()
+
+    # frames
+
+    def start(self, now: float, pipeline: int) -> None:
+        """Put ``pipeline`` messages in flight."""
+        self.sending = True
+        self.transport.write(self.shared.batches[pipeline])
+        self.sent.extend(repeat(now, pipeline))
+
+    def _frames(self, data: bytes) -> None:
+        now = time.perf_counter()
+        shared = self.shared
+        reader = self.reader
+        reader.feed_data(data)
+        expected = shared.payload
+        opcode = shared.opcode
+        n = 0
+        while True:
+            try:
+                event = reader.next_event()
+            except _frame.ProtocolError as exc:
+                shared.protocol_errors += 1
+                shared.error(f"protocol error {exc.code}: {exc}")
+                self.closing = True
+                self.transport.abort()
+                return
+            if event is None:
+                break
+            op = event[0]
+            if op == opcode:
+                n += 1
+                if event[1] != expected:
+                    shared.mismatches += 1
+                    shared.error(f"echo differs from the message sent ({len(event[1])} bytes)")
+            elif op == OP_PING:
+                self.transport.write(_frame.encode_frame(OP_PONG, event[1], mask=shared.mask))
+            elif op == OP_PONG:
+                pass
+            elif op == OP_CLOSE:
+                if not self.closing:
+                    shared.unexpected_closes += 1
+                    shared.error(f"server closed the connection: {_frame.parse_close(event[1])}")
+                    self.closing = True
+                    self.transport.write(_frame.encode_frame(OP_CLOSE, event[1][:2], mask=shared.mask))
+                self.sending = False
+                break
+            else:
+                n += 1
+                shared.mismatches += 1
+                shared.error(f"echo has opcode {op:#x}, sent {opcode:#x}")
+        if n:
+            sent = self.sent
+            if n > len(sent):
+                shared.mismatches += n - len(sent)
+                shared.error(f"{n - len(sent)} more echoes than messages sent")
+                n = len(sent)
+            popleft = sent.popleft
+            if shared.recording:
+                append = shared.rtts.append
+                for _ in range(n):
+                    append(now - popleft())
+            else:
+                for _ in range(n):
+                    popleft()
+            shared.received += n
+            if self.sending:
+                self.transport.write(shared.batches[n])
+                sent.extend(repeat(now, n))
+
+    def stop(self) -> None:
+        """Stop sending and start the closing handshake (1000)."""
+        self.sending = False
+        if self.is_open and not self.closing and not self.transport.is_closing():
+            self.closing = True
+            self.transport.write(_frame.encode_frame(OP_CLOSE, _frame.close_payload(1000, ""), mask=self.shared.mask))
+
+
+@dataclass
+class ProcResult:
+    """What one load-generator process measured in its window."""
+
+    messages: int = 0
+    window: float = 0.0
+    cpu: float = 0.0
+    conns: int = 0
+    rtts: bytes = b""
+    errors: dict[str, int] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)
+    fatal: str | None = None
+
+
+async def _drive(
+    cfg: LoadConfig,
+    conns: int,
+    sync: Callable[[], None] | None = None,
+    on_window: Callable[[str], None] | None = None,
+) -> ProcResult:
+    """Run ``conns`` connections through connect, warmup, window, close."""
+    url = urlsplit(cfg.url)
+    if url.scheme != "ws":
+        raise ValueError(f"only ws:// URLs are supported, not {cfg.url!r}")
+    host = url.hostname or "127.0.0.1"
+    port = url.port or 80
+    path = url.path or "/"
+    if url.query:
+        path += "?" + url.query
+    host_header = url.netloc
+    loop = asyncio.get_running_loop()
+    shared = _Shared(cfg)
+    clients: list[EchoClient] = []
+    closed: list[asyncio.Future[None]] = []
+
+    async def connect_one() -> None:
+        opened: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[None] = loop.create_future()
+        client = EchoClient(shared, host_header, path, opened, done)
+        await loop.create_connection(lambda: client, host, port)
+        clients.append(client)
+        closed.append(done)
+        await opened
+
+    # Connect in waves so that a small listen backlog is not overrun.
+    try:
+        for start in range(0, conns, 64):
+            wave = [connect_one() for _ in range(start, min(conns, start + 64))]
+            await asyncio.wait_for(asyncio.gather(*wave), cfg.connect_timeout)
+    except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+        for c in clients:
+            if c.transport is not None:
+                c.transport.abort()
+        return ProcResult(fatal=f"could not open {conns} connections to {cfg.url}: {exc!r}")
+    if sync is not None:
+        sync()  # every process connected: start together
+    now = time.perf_counter()
+    for c in clients:
+        c.start(now, cfg.pipeline)
+    await asyncio.sleep(cfg.warmup)
+    if on_window is not None:
+        on_window("start")
+    cpu0 = _self_cpu()
+    count0 = shared.received
+    shared.recording = True
+    t0 = time.perf_counter()
+    await asyncio.sleep(cfg.duration)
+    t1 = time.perf_counter()
+    shared.recording = False
+    count1 = shared.received
+    cpu1 = _self_cpu()
+    if on_window is not None:
+        on_window("end")
+    for c in clients:
+        c.stop()
+    _, pending = await asyncio.wait(closed, timeout=cfg.close_timeout)
+    unclean = 0
+    for c, fut in zip(clients, closed):
+        if fut in pending:
+            unclean += 1
+            c.transport.abort()
+    if unclean:
+        shared.error(f"{unclean} connection(s) not closed by the server within {cfg.close_timeout}s of our close frame")
+    errors = {
+        "mismatches": shared.mismatches,
+        "protocol_errors": shared.protocol_errors,
+        "connections_lost": shared.lost,
+        "server_closes": shared.unexpected_closes,
+        "unclean_closes": unclean,
+    }
+    return ProcResult(
+        messages=count1 - count0,
+        window=t1 - t0,
+        cpu=cpu1 - cpu0,
+        conns=len(clients),
+        rtts=shared.rtts.tobytes(),
+        errors={k: v for k, v in errors.items() if v},
+        error_samples=shared.error_samples,
+    )
+
+
+def _run_loop(coro: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _pin(cpus: tuple[int, ...] | None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, set(cpus))
+
+
+def _child(cfg: LoadConfig, conns: int, barrier: Any, conn: Any) -> None:
+    _pin(cfg.cpus)
+
+    def sync() -> None:
+        barrier.wait(timeout=cfg.connect_timeout * 3)
+
+    try:
+        result = _run_loop(_drive(cfg, conns, sync=sync))
+    except BaseException as exc:  # noqa: BLE001 - report, never hang the parent
+        barrier.abort()
+        result = ProcResult(fatal=f"load process failed: {exc!r}")
+    if result.fatal:
+        barrier.abort()
+    conn.send(result)
+    conn.close()
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def run_load(cfg: LoadConfig) -> dict[str, Any]:
+    """Run the scenario and return every figure as a JSON-able dict."""
+    probe = ServerProbe(cfg.server_pid) if cfg.server_pid else None
+    samples: dict[str, tuple[float, int]] = {}
+    rss_idle = probe.sample()[1] if probe else None
+
+    machine: dict[str, float] = {}
+
+    def on_window(which: str) -> None:
+        machine[which] = _machine_busy()
+        if probe is not None:
+            samples[which] = probe.sample()
+
+    results: list[ProcResult]
+    if cfg.procs <= 1:
+        _pin(cfg.cpus)
+        results = [_run_loop(_drive(cfg, cfg.conns, on_window=on_window))]
+    else:
+        import multiprocessing as mp
+
+        # fork: the parent never ran an event loop, and children start fast.
+        ctx = mp.get_context("fork")
+        shares = [n for n in _split(cfg.conns, cfg.procs) if n]
+        barrier = ctx.Barrier(len(shares) + 1)
+        pipes = []
+        procs = []
+        for n in shares:
+            parent_end, child_end = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_child, args=(cfg, n, barrier, child_end), daemon=True)
+            p.start()
+            child_end.close()
+            pipes.append(parent_end)
+            procs.append(p)
+        try:
+            barrier.wait(timeout=cfg.connect_timeout * 3)
+            time.sleep(cfg.warmup)
+            on_window("start")
+            time.sleep(cfg.duration)
+            on_window("end")
+        except Exception:  # noqa: BLE001 - BrokenBarrierError: a child failed
+            pass
+        results = []
+        for pipe, p in zip(pipes, procs):
+            try:
+                if pipe.poll(cfg.close_timeout + cfg.duration + cfg.warmup + 30):
+                    results.append(pipe.recv())
+                else:
+                    results.append(ProcResult(fatal="load process did not report"))
+            except EOFError:
+                results.append(ProcResult(fatal="load process died"))
+            p.join(5)
+    busy = machine["end"] - machine["start"] if "start" in machine and "end" in machine else None
+    return _summarise(cfg, results, probe, samples, rss_idle, busy)
+
+
+def _machine_busy() -> float:
+    """CPU seconds all cores spent not idle since boot (every process, and
+    the kernel's interrupt work, which loopback traffic is partly made of)."""
+    try:
+        import psutil
+    except ImportError:
+        return math.nan
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0))
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return math.nan
+    k = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def _summarise(
+    cfg: LoadConfig,
+    results: list[ProcResult],
+    probe: ServerProbe | None,
+    samples: dict[str, tuple[float, int]],
+    rss_idle: int | None,
+    machine_busy: float | None = None,
+) -> dict[str, Any]:
+    fatal = [r.fatal for r in results if r.fatal]
+    good = [r for r in results if not r.fatal]
+    messages = sum(r.messages for r in good)
+    window = max((r.window for r in good), default=0.0)
+    rtts = array("d")
+    for r in good:
+        rtts.frombytes(r.rtts)
+    ordered = sorted(rtts)
+    errors: dict[str, int] = {}
+    samples_text: list[str] = []
+    for r in good:
+        for k, v in r.errors.items():
+            errors[k] = errors.get(k, 0) + v
+        samples_text += r.error_samples
+    loadgen_cpu = sum(r.cpu for r in good)
+    ncpu = len(cfg.cpus) if cfg.cpus else len(os.sched_getaffinity(0))
+    # The client is saturated when its processes use (nearly) all the cores
+    # they can run on: min(processes, cores available to them).
+    loadgen_capacity = min(max(1, len(good)), ncpu)
+    out: dict[str, Any] = {
+        "url": cfg.url,
+        "conns": cfg.conns,
+        "conns_open": sum(r.conns for r in good),
+        "pipeline": cfg.pipeline,
+        "size": cfg.size,
+        "text": cfg.text,
+        "procs": cfg.procs,
+        "warmup_s": cfg.warmup,
+        "window_s": round(window, 4),
+        "client_codec": _impl.CODEC_NAME,
+        "messages": messages,
+        "msgs_per_s": messages / window if window else 0.0,
+        "mbytes_per_s": messages * cfg.size / window / 1e6 if window else 0.0,
+        "latency_ms": {
+            "p50": _percentile(ordered, 0.50) * 1e3,
+            "p90": _percentile(ordered, 0.90) * 1e3,
+            "p99": _percentile(ordered, 0.99) * 1e3,
+            "p999": _percentile(ordered, 0.999) * 1e3,
+            "max": (ordered[-1] * 1e3) if ordered else math.nan,
+        },
+        "loadgen_cpu_s": loadgen_cpu,
+        "loadgen_cpu_pct": 100 * loadgen_cpu / window if window else 0.0,
+        "loadgen_cores": loadgen_capacity,
+        "loadgen_saturated": bool(window) and loadgen_cpu / window >= SATURATED * loadgen_capacity,
+        "server_pid": probe.pid if probe else None,
+        "server_cpu_s": None,
+        "server_cpu_pct": None,
+        "server_rss_mib": None,
+        "server_rss_idle_mib": None,
+        "msgs_per_server_cpu_s": None,
+        "machine_busy_pct": 100 * machine_busy / window if machine_busy is not None and window else None,
+        "other_cpu_pct": None,
+        "errors": errors,
+        "error_samples": samples_text[:5],
+        "fatal": fatal,
+    }
+    if probe is not None and "start" in samples and "end" in samples and window:
+        cpu = samples["end"][0] - samples["start"][0]
+        out["server_cpu_s"] = cpu
+        out["server_cpu_pct"] = 100 * cpu / window
+        out["server_rss_mib"] = samples["end"][1] / 2**20
+        out["server_rss_idle_mib"] = rss_idle / 2**20 if rss_idle is not None else None
+        out["msgs_per_server_cpu_s"] = messages / cpu if cpu > 0 else None
+    if out["machine_busy_pct"] is not None and out["server_cpu_pct"] is not None:
+        # What neither process was charged for: other programs on the machine,
+        # and kernel work (softirq) not billed to either.
+        out["other_cpu_pct"] = max(0.0, out["machine_busy_pct"] - out["server_cpu_pct"] - out["loadgen_cpu_pct"])
+    return out
+
+
+def _fmt_num(x: float | None, digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The human-readable report of one run."""
+    lat = r["latency_ms"]
+    lines = [
+        f"fastws loadgen -> {r['url']}",
+        f"  scenario    pipelined echo: {r['conns']} conns x {r['pipeline']} in flight x {r['size']} B "
+        f"{'text' if r['text'] else 'binary'}; {r['procs']} load process(es); client codec {r['client_codec']}",
+        f"  window      {r['window_s']:.2f} s after {r['warmup_s']:g} s warmup; {r['conns_open']} connections open",
+        f"  throughput  {_fmt_num(r['msgs_per_s'])} msg/s  ({r['mbytes_per_s']:.1f} MB/s of payload each way)",
+        f"  latency     p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  "
+        f"p99.9 {lat['p999']:.3f}  max {lat['max']:.3f} ms",
+        f"  loadgen CPU {r['loadgen_cpu_s']:.2f} s = {r['loadgen_cpu_pct']:.0f}% of one core "
+        f"(limit {100 * r['loadgen_cores']}%)",
+    ]
+    if r["server_cpu_s"] is not None:
+        lines += [
+            f"  server CPU  {r['server_cpu_s']:.2f} s = {r['server_cpu_pct']:.0f}% of one core (pid {r['server_pid']})",
+            f"  server RSS  {r['server_rss_mib']:.1f} MiB (idle before connecting: {_fmt_num(r['server_rss_idle_mib'], 1)} MiB)",
+            f"  efficiency  {_fmt_num(r['msgs_per_server_cpu_s'])} msg per server CPU-second",
+        ]
+    if r["machine_busy_pct"] is not None:
+        other = r["other_cpu_pct"]
+        lines.append(
+            f"  machine     {r['machine_busy_pct']:.0f}% CPU busy in all"
+            + (f", {other:.0f}% not charged to server or loadgen (other programs, kernel)" if other is not None else "")
+        )
+    else:
+        lines.append("  server      not measured (pass --server-pid)")
+    if r["loadgen_saturated"]:
+        lines.append(
+            "  WARNING     the load generator used ~all of its CPU: it may be the bottleneck; "
+            "msg/s is a lower bound (try --procs, or compare msg per server CPU-second)"
+        )
+    if r["errors"] or r["fatal"]:
+        lines.append(f"  ERRORS      {r['errors']} {'; '.join(r['fatal'])}")
+        for s in r["error_samples"]:
+            lines.append(f"              {s}")
+    else:
+        lines.append("  errors      none (every echo matched the message sent)")
+    return "\n".join(lines)
+
+
+def _cpus(text: str) -> tuple[int, ...] | None:
+    if text.lower() in ("", "none", "all"):
+        return None
+    cpus: set[int] = set()
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        cpus.update(range(int(a), int(b or a) + 1))
+    return tuple(sorted(cpus))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.loadgen",
+        description="Pipelined-echo load against any WebSocket server (ws:// URL).",
+    )
+    p.add_argument("url", help="e.g. ws://127.0.0.1:9001/")
+    p.add_argument("--conns", "-c", type=int, default=64, help="connections (default 64)")
+    p.add_argument("--pipeline", "-p", type=int, default=16, help="messages in flight per connection (default 16)")
+    p.add_argument("--size", "-s", type=int, default=64, help="message size in bytes (default 64)")
+    p.add_argument("--duration", "-d", type=float, default=5.0, help="measured seconds (default 5)")
+    p.add_argument("--warmup", "-w", type=float, default=1.0, help="seconds before measuring (default 1)")
+    p.add_argument("--text", action="store_true", help="send text (ASCII) messages instead of binary")
+    p.add_argument("--procs", type=int, default=1, help="load-generator processes (default 1)")
+    p.add_argument("--cpus", type=_cpus, default=None, help="pin the load generator to these CPUs, e.g. 1 or 0-3")
+    p.add_argument(
+        "--server-pid",
+        default="auto",
+        help="PID of the server to measure (CPU, RSS); 'auto' (default) finds the local listener of the port; 'none'",
+    )
+    p.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.conns < 1 or args.pipeline < 1 or args.size < 0 or args.duration <= 0 or args.procs < 1:
+        build_parser().error("--conns, --pipeline, --procs must be >= 1, --size >= 0, --duration > 0")
+    pid: int | None
+    if args.server_pid == "none":
+        pid = None
+    elif args.server_pid == "auto":
+        u = urlsplit(args.url)
+        local = (u.hostname or "") in ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+        pid = find_listener_pid(u.hostname or "", u.port or 80) if local else None
+    else:
+        pid = int(args.server_pid)
+    cfg = LoadConfig(
+        url=args.url,
+        conns=args.conns,
+        pipeline=args.pipeline,
+        size=args.size,
+        duration=args.duration,
+        warmup=args.warmup,
+        text=args.text,
+        procs=args.procs,
+        cpus=args.cpus,
+        server_pid=pid,
+    )
+    if _impl.CODEC_NAME != "compiled":
+        print(
+            "loadgen: fastws' compiled codec is not built; the pure-Python parser makes the load "
+            "generator slow (build with: python setup.py build_ext --inplace)",
+            file=sys.stderr,
+        )
+    result = run_load(cfg)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        print(format_report(result))
+    return 1 if result["fatal"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

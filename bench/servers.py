@@ -1,0 +1,165 @@
+"""The echo servers we compare, each a single process on uvloop.
+
+``python -m bench.servers NAME --port P`` runs one of:
+
+- ``fastws-callback``  — fastws' callback level: ``fastws.demo.EchoHandler``;
+- ``fastws-coroutine`` — fastws' coroutine level: ``async for m in ws: await ws.send(m)``;
+- ``websockets``       — the same coroutine on ``websockets.asyncio.server``;
+- ``picows``           — a ``WSListener`` that sends each frame back;
+- ``aiohttp``          — an ``aiohttp.web`` app with a ``WebSocketResponse`` echo;
+- ``picows-uvloop``    — the picows echo with ``use_aiofastnet=False`` (uvloop's
+  transport instead of picows' default aiofastnet one), for reference.
+
+All echo text as text and binary as binary, accept any path, answer a close
+frame, negotiate no extension (the load generator offers none), log only
+errors, and allow messages up to ``--max-size`` bytes (16 MiB by default, so
+that large-message runs are not refused by one server's smaller default).
+Each prints one ``ready`` line on stdout once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["SERVERS", "main"]
+
+MAX_SIZE = 16 * 2**20
+
+
+async def _fastws_callback(host: str, port: int, max_size: int) -> Any:
+    import fastws
+    from fastws.demo import EchoHandler
+
+    return await fastws.serve(EchoHandler, host, port, access_log=False, max_message_size=max_size)
+
+
+async def _fastws_coroutine(host: str, port: int, max_size: int) -> Any:
+    import fastws
+
+    async def echo(ws: Any) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    return await fastws.serve(echo, host, port, access_log=False, max_message_size=max_size)
+
+
+async def _websockets(host: str, port: int, max_size: int) -> Any:
+    from websockets.asyncio.server import serve
+    from websockets.exceptions import ConnectionClosed
+
+    async def echo(ws: Any) -> None:
+        try:
+            async for message in ws:
+                await ws.send(message)
+        except ConnectionClosed:
+            # send() after the client's close frame (echoes still in flight):
+            # websockets logs that as a handler failure unless we catch it.
+            pass
+
+    return await serve(echo, host, port, max_size=max_size)
+
+
+async def _picows(host: str, port: int, max_size: int, use_aiofastnet: bool | None = None) -> Any:
+    from picows import WSCloseCode, WSListener, WSMsgType, ws_create_server
+
+    class Echo(WSListener):
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            msg_type = frame.msg_type
+            if msg_type == WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code() or WSCloseCode.OK)
+                transport.disconnect()
+            elif msg_type != WSMsgType.PING and msg_type != WSMsgType.PONG:
+                # The frame points into picows' read buffer; send() copies.
+                transport.send(msg_type, frame.get_payload_as_memoryview(), frame.fin)
+
+    # use_aiofastnet=None is picows' default: its own transport (aiofastnet)
+    # when that package is installed, else the event loop's.
+    return await ws_create_server(
+        lambda request: Echo(), host, port, max_frame_size=max_size, use_aiofastnet=use_aiofastnet
+    )
+
+
+async def _picows_uvloop(host: str, port: int, max_size: int) -> Any:
+    return await _picows(host, port, max_size, use_aiofastnet=False)
+
+
+async def _aiohttp(host: str, port: int, max_size: int) -> Any:
+    from aiohttp import WSMsgType, web
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=max_size)
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await ws.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", echo)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner
+
+
+#: name -> coroutine that starts the server and returns an object to keep.
+SERVERS: dict[str, Callable[[str, int, int], Awaitable[Any]]] = {
+    "fastws-callback": _fastws_callback,
+    "fastws-coroutine": _fastws_coroutine,
+    "websockets": _websockets,
+    "picows": _picows,
+    "aiohttp": _aiohttp,
+    # Not in the default comparison: picows on uvloop's own transport.
+    "picows-uvloop": _picows_uvloop,
+}
+
+
+async def _run(name: str, host: str, port: int, max_size: int) -> None:
+    keep = await SERVERS[name](host, port, max_size)
+    print(f"ready {name} ws://{host}:{port}/", flush=True)
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_signal() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, on_signal)
+    await stop
+    # Stop without ceremony: the benchmark is over, connections are gone.
+    close = getattr(keep, "close", None)
+    if name == "aiohttp":
+        await keep.cleanup()
+    elif close is not None:
+        close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.servers", description="Run one benchmark echo server.")
+    p.add_argument("name", choices=sorted(SERVERS))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9001)
+    p.add_argument("--max-size", type=int, default=MAX_SIZE, help=f"largest message in bytes (default {MAX_SIZE})")
+    p.add_argument("--log-level", default="error", help="logging level (default error: no per-connection logs)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    import uvloop
+
+    try:
+        uvloop.run(_run(args.name, args.host, args.port, args.max_size))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
