@@ -35,3 +35,5 @@ cdef class Connection:
     cdef object _reader                  #: FrameReader, frame phase only
     cdef object _lost_waiter
     cdef object _public                  #: what user code sees (self, or the coroutine-level wrapper)
+    cdef object _has_pending             #: handler hook: messages not yet taken (coroutine level)
+    cdef readonly object _deferred       #: (action, args) of a close held back by _defer, or None

@@ -143,8 +143,13 @@ class ServerConnection:
             if not messages:
                 raise self._conn._closed_exc()
         data, is_text = messages.popleft()
-        if self._conn._read_paused & PAUSE_QUEUE and len(messages) <= self._low:
-            self._conn._resume(PAUSE_QUEUE)
+        conn = self._conn
+        if not messages and conn._deferred is not None:
+            # A close arrived behind this message: let the handler answer it
+            # first (its send() runs in this task step), then close.
+            asyncio.get_running_loop().call_soon(conn.run_deferred)
+        if conn._read_paused & PAUSE_QUEUE and len(messages) <= self._low:
+            conn._resume(PAUSE_QUEUE)
         if decode is None:
             return data.decode() if is_text else data
         return data.decode() if decode else data
@@ -190,9 +195,10 @@ class ServerConnection:
         except StopIteration:
             return
         opcode = _fragment_opcode(first, text)
+        first_is_str = isinstance(first, str)
         prev = first
         for chunk in chunks:
-            _check_fragment(chunk, opcode, text)
+            _check_fragment(chunk, first_is_str)
             conn.send_frame(opcode, prev, fin=False)
             opcode = OP_CONT
             prev = chunk
@@ -210,8 +216,9 @@ class ServerConnection:
         except StopAsyncIteration:
             return
         opcode = _fragment_opcode(prev, text)
+        first_is_str = isinstance(prev, str)
         async for chunk in iterator:  # type: ignore[attr-defined]
-            _check_fragment(chunk, opcode, text)
+            _check_fragment(chunk, first_is_str)
             conn.send_frame(opcode, prev, fin=False)
             opcode = OP_CONT
             prev = chunk
@@ -403,15 +410,15 @@ def _fragment_opcode(first: Data, text: bool | None) -> int:
     return OP_TEXT if text else OP_BINARY
 
 
-def _check_fragment(chunk: Data, opcode: int, text: bool | None) -> None:
-    if text is None and isinstance(chunk, str) is not isinstance(chunk, str):
+def _check_fragment(chunk: Data, first_is_str: bool) -> None:
+    if isinstance(chunk, str) is not first_is_str:
         raise TypeError("all fragments must be of the same type")
 
 
 class _Callbacks:
     """The callback-level face of one ServerConnection (what the protocol calls)."""
 
-    __slots__ = ("on_connect", "on_message", "on_pong", "on_drain", "on_close", "_fastws_bind")
+    __slots__ = ("on_connect", "on_message", "on_pong", "on_drain", "on_close", "has_pending", "_fastws_bind")
 
     def __init__(self, ws: ServerConnection) -> None:
         self.on_connect = ws._on_connect
@@ -419,6 +426,7 @@ class _Callbacks:
         self.on_pong = ws._on_pong
         self.on_drain = ws._on_drain
         self.on_close = ws._on_close
+        self.has_pending = ws._messages.__len__
         self._fastws_bind = ws._bind
 
 

@@ -188,7 +188,9 @@ async def _serve(args: argparse.Namespace, handler: Any, *, reuse_port: bool, an
             logger.info("%s received: closing connections with 1001 (waiting up to %ss)", signame, config.close_timeout)
         server.close()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # Workers stop on the SIGTERM their parent forwards; a terminal's Ctrl-C
+    # reaches the whole process group and is the parent's to handle.
+    for sig in (signal.SIGINT, signal.SIGTERM) if announce else (signal.SIGTERM,):
         loop.add_signal_handler(sig, stop, sig.name)
     await server.wait_closed()
     if announce:
@@ -196,6 +198,7 @@ async def _serve(args: argparse.Namespace, handler: Any, *, reuse_port: bool, an
 
 
 def _worker(args: argparse.Namespace) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _setup_logging(args.log_level)
     try:
         handler = load_target(args.target)

@@ -152,6 +152,8 @@ class Connection:
         self._reader: Any = None
         self._lost_waiter: asyncio.Future[None] | None = None
         self._public: Any = self
+        self._has_pending: Callable[[], bool] | None = None
+        self._deferred: tuple[Callable[..., None], tuple[Any, ...]] | None = None
 
     # -- public API -----------------------------------------------------
 
@@ -239,6 +241,10 @@ class Connection:
         if self._state == OPEN:
             self._send_close(code, reason)
             self._state = CLOSING
+            if self._deferred is not None:
+                # The peer's close (or its error) was already read: finish.
+                self.run_deferred()
+                return
             self._start_timer(self._config.close_timeout, self._close_timeout)
         elif self._state == CONNECTING and self._transport is not None:
             self._transport.close()
@@ -437,6 +443,7 @@ class Connection:
         self._on_pong = getattr(handler, "on_pong", None)
         self._on_ping = getattr(handler, "on_ping", None)
         self._on_drain = getattr(handler, "on_drain", None)
+        self._has_pending = getattr(handler, "has_pending", None)
         if self._config.access_log:
             access_logger.info(
                 'conn %d %s "%s %s" 101%s',
@@ -499,7 +506,8 @@ class Connection:
             try:
                 event = reader.next_event()
             except _FrameProtocolError as exc:
-                self._fail(exc.code, str(exc))
+                if not self._defer(self._fail, exc.code, str(exc)):
+                    self._fail(exc.code, str(exc))
                 return
             if event is None:
                 return
@@ -530,12 +538,40 @@ class Connection:
                         self._user_error("on_pong")
                         return
             elif opcode == OP_CLOSE:
-                self._close_received(event[1])
+                if not self._defer(self._close_received, event[1]):
+                    self._close_received(event[1])
                 return
             else:
                 # Only reachable if a future codec negotiates extensions.
                 self._fail(1002, f"unexpected frame opcode {opcode:#x}")
                 return
+
+    def _defer(self, action: Callable[..., None], *args: Any) -> bool:
+        """Hold back a close while the handler has messages it has not taken.
+
+        The coroutine level queues messages and its handler runs later, so a
+        close frame (or a protocol error) read in the same chunk as messages
+        would otherwise end the connection before the handler answers them.
+        The reader is finished after the close, so holding it back reads
+        nothing more; the handler's queue calls run_deferred() once drained,
+        and close_timeout bounds the wait.
+        """
+        pending = self._has_pending
+        if self._state != OPEN or pending is None or not pending():
+            return False
+        self._deferred = (action, args)
+        self._start_timer(self._config.close_timeout, self.run_deferred)
+        return True
+
+    def run_deferred(self) -> None:
+        """Carry out a close held back by :meth:`_defer` (idempotent)."""
+        deferred = self._deferred
+        if deferred is None:
+            return
+        self._deferred = None
+        self._cancel_timer()
+        if self._state != CLOSED:
+            deferred[0](*deferred[1])
 
     def _close_received(self, payload: bytes) -> None:
         code, reason = _parse_close(payload)
@@ -571,8 +607,9 @@ class Connection:
 
     def _user_error(self, where: str) -> None:
         logger.exception("conn %d: error in %s; closing with 1011", self._num, where)
-        if self._state == OPEN or self._state == CLOSING:
-            self._fail(1011, "internal error")
+        # The peer did nothing wrong: a normal closing handshake (not a
+        # fail), so its close frame is read and on_close reports 1011.
+        self.close(1011, "internal error")
 
     def _close_timeout(self) -> None:
         self._timer = None

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -77,6 +77,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.lines: list[str] = []
+        self._drainer: threading.Thread | None = None
 
     def start(self, timeout: float = 10.0) -> "ServerProcess":
         self.proc = subprocess.Popen(
@@ -87,19 +88,28 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        deadline = time.monotonic() + unit(timeout)
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            m = _START.search(line)
-            if m:
-                self.port = int(m.group(2))
-                return self
+        # A thread drains the output for the whole life of the server: the
+        # start line is awaited with a real deadline, and a chatty server
+        # can never block on a full pipe.
+        started = threading.Event()
+
+        def drain() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if not started.is_set():
+                    m = _START.search(line)
+                    if m:
+                        self.port = int(m.group(2))
+                        started.set()
+            started.set()
+
+        self._drainer = threading.Thread(target=drain, daemon=True)
+        self._drainer.start()
+        if started.wait(unit(timeout)) and self.port:
+            return self
         self.stop()
-        raise RuntimeError("server did not start:\n" + "".join(self.lines))
+        raise RuntimeError("server did not start:\n" + self.output)
 
     @property
     def url(self) -> str:
@@ -111,11 +121,12 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            out, _ = self.proc.communicate(timeout=unit(timeout))
+            self.proc.wait(timeout=unit(timeout))
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        self.lines.append(out or "")
+            self.proc.wait()
+        if self._drainer is not None:
+            self._drainer.join(unit(5))
         return self.proc.returncode
 
     @property
@@ -160,7 +171,7 @@ def echo_server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
         if os.environ.get("FASTWS_NO_EXTENSIONS"):
             pytest.skip("FASTWS_NO_EXTENSIONS=1: compiled codec not built")
         pytest.fail("compiled codec is not built (pip install -e . builds it)")
-    with ServerProcess("--log-level", "warning", codec=str(request.param)) as proc:
+    with ServerProcess("--no-access-log", codec=str(request.param)) as proc:
         yield proc
 
 
