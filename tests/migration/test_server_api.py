@@ -458,14 +458,13 @@ async def test_send_after_close_raises_connection_closed_ok(api: types.SimpleNam
     assert seen == ["ConnectionClosedOK"]
 
 
-@pytest.mark.parametrize("lib", ["websockets", bug("send() of an iterable with mixed str/bytes fragments does not raise TypeError")])
-async def test_send_mixed_fragments_type_error(lib: str) -> None:
-    api = server_api(lib)
+@pytest.mark.parametrize("fragments", [["text", b"bytes"], [b"bytes", "text"]])
+async def test_send_mixed_fragments_type_error(api: types.SimpleNamespace, fragments: list[Any]) -> None:
     seen: list[str] = []
 
     async def handler(ws: Any) -> None:
         try:
-            await ws.send(["text", b"bytes"])
+            await ws.send(fragments)
         except TypeError:
             seen.append("TypeError")
 
@@ -693,3 +692,88 @@ async def test_open_timeout(api: types.SimpleNamespace) -> None:
 
         data = await asyncio.to_thread(idle)
         assert data == b"" or data.startswith(b"HTTP/1.1 "), data
+
+
+async def test_sock_option(api: types.SimpleNamespace) -> None:
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    async with api.serve(echo, sock=sock) as server:
+        assert server.sockets[0].getsockname()[1] == port
+        async with connect(f"ws://127.0.0.1:{port}") as ws:
+            await ws.send("via sock")
+            assert await ws.recv() == "via sock"
+
+
+async def test_server_header(api: types.SimpleNamespace) -> None:
+    """Deliberate difference: the default ``Server`` header names the
+    library. Setting it, or removing it with None, works the same."""
+    async with serving(api, echo) as (_, url):
+        async with connect(url) as ws:
+            default = ws.response.headers["Server"]
+    assert default.startswith("Python/") if api.logger_name == "websockets.server" else default == "fastws"
+    async with serving(api, echo, server_header="my-app/1.0") as (_, url):
+        async with connect(url) as ws:
+            assert ws.response.headers["Server"] == "my-app/1.0"
+    async with serving(api, echo, server_header=None) as (_, url):
+        async with connect(url) as ws:
+            assert "Server" not in ws.response.headers
+
+
+def test_defaults_match() -> None:
+    """The limits and timeouts a program gets without options are the same,
+    but for write_limit (64 KiB in fastws, 32 KiB in websockets)."""
+    import inspect
+
+    import websockets.asyncio.server
+
+    from fastws import Config
+
+    params = inspect.signature(websockets.asyncio.server.serve).parameters
+    ours = Config()
+    pairs = {
+        "open_timeout": ours.open_timeout,
+        "ping_interval": ours.ping_interval,
+        "ping_timeout": ours.ping_timeout,
+        "close_timeout": ours.close_timeout,
+        "max_size": ours.max_message_size,
+        "max_queue": ours.max_queue,
+    }
+    for name, value in pairs.items():
+        assert params[name].default == value, name
+    assert params["write_limit"].default == 32 * 1024 and ours.write_limit == 64 * 1024
+
+
+@pytest.mark.parametrize(
+    "lib", ["websockets", bug("create_connection= is accepted and silently ignored: the handler gets a plain ServerConnection")]
+)
+async def test_create_connection_subclass(lib: str) -> None:
+    api = server_api(lib)
+
+    class MyConnection(api.ServerConnection):  # type: ignore[name-defined,misc]
+        def greeting(self) -> str:
+            return "hello from a subclass"
+
+    async def handler(ws: Any) -> None:
+        await ws.send(ws.greeting())
+
+    async with serving(api, handler, create_connection=MyConnection) as (_, url):
+        async with connect(url) as ws:
+            assert await ws.recv() == "hello from a subclass"
+
+
+@pytest.mark.parametrize("lib", ["websockets", bug("fastws has no basic_auth and no Server.get_loop()")])
+async def test_missing_names(lib: str) -> None:
+    if lib == "websockets":
+        from websockets.asyncio.server import basic_auth
+    else:
+        from fastws import basic_auth  # type: ignore[attr-defined]
+    api = server_api(lib)
+    async with serving(api, echo, process_request=basic_auth(credentials=("u", "p"))) as (server, url):
+        assert server.get_loop() is asyncio.get_running_loop()
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(url):
+                pass
+        assert info.value.response.status_code == 401
+        async with connect(url.replace("ws://", "ws://u:p@")) as ws:
+            await ws.send("in")
+            assert await ws.recv() == "in"
