@@ -777,3 +777,51 @@ async def test_missing_names(lib: str) -> None:
         async with connect(url.replace("ws://", "ws://u:p@")) as ws:
             await ws.send("in")
             assert await ws.recv() == "in"
+
+
+@pytest.mark.parametrize("lib, logged", [("websockets", 1), ("fastws", 0)])
+async def test_connection_closed_escaping_the_handler(lib: str, logged: int, caplog: pytest.LogCaptureFixture) -> None:
+    """Deliberate difference: a ConnectionClosed that escapes the handler
+    (e.g. ``gather(consumer, producer)`` when the client leaves) is a normal
+    end for fastws; websockets logs "connection handler failed" with it."""
+    api = server_api(lib)
+
+    async def handler(ws: Any) -> None:
+        await ws.recv()  # raises ConnectionClosedOK when the client leaves
+
+    caplog.set_level(logging.INFO)
+    async with serving(api, handler) as (_, url):
+        async with connect(url):
+            pass
+        await asyncio.sleep(0.1)
+    failed = [r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], api.ConnectionClosed)]
+    assert len(failed) == logged
+
+
+@pytest.mark.parametrize("lib, reason", [("websockets", ""), ("fastws", "internal error")])
+async def test_handler_error_close_reason(lib: str, reason: str) -> None:
+    """Deliberate difference: the 1011 close after a handler error carries
+    the reason "internal error" in fastws, none in websockets."""
+    api = server_api(lib)
+
+    async def handler(ws: Any) -> None:
+        raise RuntimeError("boom")
+
+    logging.getLogger(api.logger_name).disabled = True
+    try:
+        async with serving(api, handler) as (_, url):
+            async with connect(url) as ws:
+                with pytest.raises(ConnectionClosedError):
+                    await ws.recv()
+            assert (ws.close_code, ws.close_reason) == (1011, reason)
+    finally:
+        logging.getLogger(api.logger_name).disabled = False
+
+
+@pytest.mark.parametrize("lib", ["websockets", bug("serve() rejects create_server() keyword arguments other than sock/ssl/reuse_port/reuse_address/family/start_serving")])
+async def test_other_create_server_kwargs(lib: str) -> None:
+    api = server_api(lib)
+    async with serving(api, echo, flags=socket.AI_PASSIVE, ssl_handshake_timeout=None) as (_, url):
+        async with connect(url) as ws:
+            await ws.send("x")
+            assert await ws.recv() == "x"
