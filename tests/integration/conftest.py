@@ -387,31 +387,6 @@ def cli_process() -> Any:
                     pass
 
 
-@pytest.fixture(scope="session", params=["compiled", "pure"])
-def echo_server(request: pytest.FixtureRequest) -> Any:
-    """The bundled demo (``fastws serve``) in a subprocess, once per codec.
-
-    Overrides the shared fixture of tests/conftest.py, which starts the
-    server with ``--log-level warning``: that hides the INFO start line its
-    ServerProcess waits for, so it hangs until pytest-timeout (bugs.md,
-    "echo_server fixture hangs"). Same server, with the access log off.
-    """
-    if request.param == "compiled" and not compiled_available():
-        if os.environ.get("FASTWS_NO_EXTENSIONS"):
-            pytest.skip("FASTWS_NO_EXTENSIONS=1: compiled codec not built")
-        pytest.fail("compiled codec is not built (pip install -e . builds it)")
-    proc = CliProcess("--no-access-log")
-    proc.env = dict(proc.env)
-    if request.param == "pure":
-        proc.env["FASTWS_NO_EXTENSIONS"] = "1"
-    else:
-        proc.env.pop("FASTWS_NO_EXTENSIONS", None)
-    proc.start()
-    assert f"codec {'compiled' if request.param == 'compiled' else 'pure-python'})" in proc.output
-    yield proc
-    proc.stop()
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

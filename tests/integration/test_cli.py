@@ -272,11 +272,6 @@ def test_unix_socket(cli_process) -> None:
     Path(directory).rmdir()
 
 
-@pytest.mark.xfail(
-    reason="bug: Ctrl-C on --workers N (SIGINT to the process group) counts the parent's forwarded "
-    "SIGTERM as a 'second signal' in each worker: os._exit(1), no 1001, exit status 1 (bugs.md)",
-    strict=True,
-)
 def test_workers_stop_cleanly_on_ctrl_c(cli_process) -> None:
     # A terminal's Ctrl-C signals the whole process group: the parent and
     # every worker get SIGINT, and the parent forwards SIGTERM too.

@@ -320,14 +320,9 @@ async def test_exception_in_on_message_closes_1011_logs_once(caplog: pytest.LogC
     assert errors[0].exc_info is not None and "handler exploded" in str(errors[0].exc_info[1])
     assert "on_message" in errors[0].getMessage()
     assert caplog.text.count("Traceback") == 1
-    assert sorted(c for c, _ in log.closes())[:2] == [1000, 1000]
+    assert sorted(c for c, _ in log.closes()) == [1000, 1000, 1011]
 
 
-@pytest.mark.xfail(
-    reason="bug: on_close reports 1006 ('peer vanished') after the server itself closed "
-    "with 1011 for a handler error (bugs.md)",
-    strict=True,
-)
 async def test_on_close_after_handler_error_is_not_1006() -> None:
     handler, log = recording(on_message=_boom)
     async with serving(handler) as (_, url):
