@@ -18,6 +18,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 
+import fastws
 from fastws.demo import EchoHandler
 
 from ..conftest import serving, unit
@@ -272,6 +273,60 @@ async def test_sends_before_close_arrive_before_close(size: int) -> None:
             assert all(len(m) == size for m in got)
             assert info.value.rcvd is not None
             assert (info.value.rcvd.code, info.value.rcvd.reason) == (1000, "done")
+
+
+async def test_long_close_reason_is_cut_at_a_character_boundary() -> None:
+    reason = "\u00e9" * 100  # 200 bytes of UTF-8; a close frame holds 123
+
+    def close_long(self, ws):
+        ws.close(4001, reason)
+
+    handler, _ = recording(on_connect=close_long)
+    async with serving(handler) as (_, url):
+        async with connect(url) as ws:
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), unit(5))
+    rcvd = info.value.rcvd
+    assert rcvd is not None and rcvd.code == 4001
+    assert reason.startswith(rcvd.reason)
+    assert 120 <= len(rcvd.reason.encode()) <= 123
+
+
+async def test_send_after_close_raises_connection_closed() -> None:
+    outcome = []
+
+    def close_then_send(self, ws, data, is_text):
+        ws.close(1000, "")
+        try:
+            ws.send("late")
+        except fastws.ConnectionClosed as exc:
+            outcome.append(type(exc))
+
+    handler, _ = recording(on_message=close_then_send)
+    async with serving(handler) as (_, url):
+        async with connect(url) as ws:
+            await ws.send("x")
+            with pytest.raises(ConnectionClosedOK):
+                await asyncio.wait_for(ws.recv(), unit(5))
+    assert len(outcome) == 1 and issubclass(outcome[0], fastws.ConnectionClosed)
+
+
+async def test_many_concurrent_clients() -> None:
+    handler, log = recording()
+    async with serving(handler) as (server, url):
+
+        async def client(n: int) -> None:
+            async with connect(f"{url}/c{n}") as ws:
+                for i in range(20):
+                    await ws.send(f"{n}:{i}")
+                for i in range(20):
+                    assert await asyncio.wait_for(ws.recv(), unit(10)) == f"{n}:{i}"
+
+        await asyncio.gather(*(client(n) for n in range(100)))
+        await eventually(lambda: len(log.closes()) == 100, what="100 on_close")
+        await eventually(lambda: not server._state.connections, what="no connection left")
+    assert len(log.of("message")) == 2000
+    assert set(log.closes()) == {(1000, "")}
 
 
 async def test_server_close_via_server_close_sends_1001() -> None:
