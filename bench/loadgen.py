@@ -167,7 +167,9 @@ class _Shared:
         self.mask = os.urandom(4)
         # One masked frame, encoded once; batches[k] is k of them back to back.
         self.frame = _frame.encode_frame(self.opcode, self.payload, mask=self.mask)
-        self.batches = [self.frame * k for k in range(cfg.pipeline + 1)]
+        # Up to 1 MiB per batch, built once; bigger ones are built per write.
+        kmax = max(1, min(cfg.pipeline, 2**20 // len(self.frame)))
+        self.batches = [self.frame * k for k in range(kmax + 1)]
         self.recording = False
         self.received = 0
         self.rtts = array("d")
@@ -176,6 +178,10 @@ class _Shared:
         self.lost = 0
         self.unexpected_closes = 0
         self.error_samples: list[str] = []
+
+    def batch(self, n: int) -> bytes:
+        """``n`` copies of the masked frame, back to back."""
+        return self.batches[n] if n < len(self.batches) else bytes(self.frame * n)
 
     def error(self, text: str) -> None:
         if len(self.error_samples) < 5:
@@ -281,7 +287,7 @@ class EchoClient(asyncio.Protocol):
     def start(self, now: float, pipeline: int) -> None:
         """Put ``pipeline`` messages in flight."""
         self.sending = True
-        self.transport.write(self.shared.batches[pipeline])
+        self.transport.write(self.shared.batch(pipeline))
         self.sent.extend(repeat(now, pipeline))
 
     def _frames(self, data: bytes) -> None:
@@ -341,7 +347,8 @@ class EchoClient(asyncio.Protocol):
                     popleft()
             shared.received += n
             if self.sending:
-                self.transport.write(shared.batches[n])
+                batches = shared.batches
+                self.transport.write(batches[n] if n < len(batches) else shared.frame * n)
                 sent.extend(repeat(now, n))
 
     def stop(self) -> None:

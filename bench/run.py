@@ -91,6 +91,8 @@ def describe_machine() -> dict[str, Any]:
         "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "fastws_codec": _impl.CODEC_NAME,
+        # Which Connection class fastws serves with (compiled protocol or protocol.py).
+        "fastws_protocol": getattr(getattr(_impl, "Connection", None), "__module__", "fastws.protocol"),
         "versions": {d: _version(d) for d in ("uvloop", "websockets", "picows", "aiofastnet", "aiohttp", "psutil")},
     }
 
@@ -145,6 +147,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> int | None:
             proc.kill()
             proc.wait(5)
     return proc.returncode
+
+
+def wait_quiet(max_wait: float, below: float) -> float:
+    """Wait (up to ``max_wait`` s) until the machine's CPU use over one second
+    is under ``below`` percent of all cores; return the last reading."""
+    import psutil
+
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy = float(psutil.cpu_percent(interval=1.0))
+        if busy < below or time.monotonic() >= deadline:
+            return busy
 
 
 def run_one(server: str, opts: argparse.Namespace, server_cpus: set[int] | None, loadgen_cpus: set[int] | None) -> dict[str, Any]:
@@ -320,7 +334,8 @@ def format_header(meta: dict[str, Any], opts: argparse.Namespace, pin_text: str)
         f"fastws benchmark: pipelined echo, {opts.conns} conns x {opts.pipeline} in flight x {opts.size} B "
         f"{'text' if opts.text else 'binary'}; {opts.rounds} interleaved rounds x {opts.duration:g} s "
         f"(+{opts.warmup:g} s warmup); medians of rounds",
-        f"date {meta['date']}  commit {meta['commit']}  fastws codec {meta['fastws_codec']}",
+        f"date {meta['date']}  commit {meta['commit']}  fastws codec {meta['fastws_codec']}, "
+        f"protocol {meta['fastws_protocol']}",
         f"machine {meta['cpu']}, {meta['cores']} cores, {meta['kernel']}, Python {meta['python']}",
         f"{pin_text}; loadgen: {opts.procs} process(es)",
         "versions " + " ".join(f"{k} {val}" for k, val in v.items()),
@@ -437,6 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and loadgen to separate CPUs")
     p.add_argument("--server-cpus", type=_cpus, default=None, help="CPUs for the server (default: the first one)")
     p.add_argument("--loadgen-cpus", type=_cpus, default=None, help="CPUs for the load generator (default: the others)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each run, wait up to SECONDS for the machine to be idle (shared machines; default 0: don't)",
+    )
+    p.add_argument("--quiet-below", type=float, default=15.0, help="'idle' means CPU use under this %% of all cores (default 15)")
     p.add_argument("--out", default=None, help="output path prefix (default bench/results/<date>-<scenario>)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
@@ -474,9 +497,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for rnd in range(1, opts.rounds + 1):
             for name in servers:
+                idle_busy = None
+                if opts.wait_quiet:
+                    progress.start(f"round {rnd}/{opts.rounds}  {name}: waiting for the machine to be quiet")
+                    idle_busy = wait_quiet(opts.wait_quiet, opts.quiet_below)
                 progress.start(f"round {rnd}/{opts.rounds}  {name}: running ~{opts.warmup + opts.duration:g} s")
                 row = run_one(name, opts, server_cpus, loadgen_cpus)
                 row["round"] = rnd
+                row["machine_busy_before_pct"] = idle_busy
                 runs.append(row)
                 if row.get("fatal"):
                     status = f"FAILED: {row['fatal'][0]}"

@@ -15,6 +15,8 @@ Groups (one table each):
   compiled ``WebSocketReader`` and websockets' ``Frame.parse`` (which uses
   its C ``speedups.apply_mask``). Each call parses a batch of N frames of S
   bytes, so the per-call timer overhead does not swamp 64-byte frames.
+- ``parse 1 MiB masked in 64 KiB reads``: the same frame cut the way a
+  socket delivers it, which is where buffering strategies differ.
 - ``unmask S``: the XOR step alone (websockets' C and Python
   ``apply_mask``, aiohttp's in-place mask) beside fastws' masked
   ``encode_frame``, which also builds the header and copies.
@@ -74,41 +76,52 @@ def _masked_batch(size: int, count: int) -> bytes:
 # -- parse -----------------------------------------------------------------
 
 
-def _fastws_parser(codec: Any, count: int) -> Callable[[bytes], Any]:
+def _fastws_parser(codec: Any, count: int) -> Callable[[list[bytes]], Any]:
     reader = codec.FrameReader(max_message_size=None)
 
-    def parse(data: bytes) -> Any:
-        reader.feed_data(data)
+    def parse(reads: list[bytes]) -> Any:
+        n = 0
         event = None
-        for _ in range(count):
-            event = reader.next_event()
+        for data in reads:
+            reader.feed_data(data)
+            while (e := reader.next_event()) is not None:
+                event = e
+                n += 1
+        assert n == count
         return event
 
     return parse
 
 
-def _websockets_parser(count: int) -> Callable[[bytes], Any]:
+def _websockets_parser(count: int) -> Callable[[list[bytes]], Any]:
     from websockets.frames import Frame
     from websockets.streams import StreamReader
 
-    def parse(data: bytes) -> Any:
+    def parse(reads: list[bytes]) -> Any:
         reader = StreamReader()
-        reader.feed_data(data)
         frame = None
-        for _ in range(count):
-            gen = Frame.parse(reader.read_exact, mask=True, max_size=None)
-            try:
-                next(gen)
-            except StopIteration as done:
-                frame = done.value
-            else:
-                raise AssertionError("websockets wanted more data")
+        gen = None
+        n = 0
+        for data in reads:
+            reader.feed_data(data)
+            while True:
+                if gen is None:
+                    gen = Frame.parse(reader.read_exact, mask=True, max_size=None)
+                try:
+                    next(gen)
+                except StopIteration as done:
+                    frame = done.value
+                    n += 1
+                    gen = None
+                    continue
+                break  # the generator waits for more data
+        assert n == count
         return frame
 
     return parse
 
 
-def _aiohttp_parser(count: int) -> Callable[[bytes], Any]:
+def _aiohttp_parser(count: int) -> Callable[[list[bytes]], Any]:
     from aiohttp._websocket.reader_c import WebSocketDataQueue, WebSocketReader
 
     class _Protocol:
@@ -122,8 +135,9 @@ def _aiohttp_parser(count: int) -> Callable[[bytes], Any]:
     reader = WebSocketReader(queue, 2**30, compress=False, decode_text=False)
     buffer = queue._buffer
 
-    def parse(data: bytes) -> Any:
-        reader.feed_data(data)
+    def parse(reads: list[bytes]) -> Any:
+        for data in reads:
+            reader.feed_data(data)
         assert len(buffer) == count
         msg = buffer.pop()
         buffer.clear()
@@ -169,7 +183,7 @@ class _NullTransport(asyncio.Transport):
         pass
 
 
-def _picows_parser(count: int) -> Callable[[bytes], Any]:
+def _picows_parser(count: int) -> Callable[[list[bytes]], Any]:
     picows: Any = pytest.importorskip("picows")
     from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
@@ -212,9 +226,10 @@ def _picows_parser(count: int) -> Callable[[bytes], Any]:
     if not transport.written or not transport.written[0].startswith(b"HTTP/1.1 101"):
         pytest.skip("picows harness: no 101 response")
 
-    def parse(data: bytes) -> Any:
+    def parse(reads: list[bytes]) -> Any:
         frames.clear()
-        feed(data)
+        for data in reads:
+            feed(data)
         assert len(frames) == count
         return frames[-1]
 
@@ -235,27 +250,42 @@ PARSERS = [
 ]
 
 
+def _make_parser(impl: Any, count: int) -> Callable[[list[bytes]], Any]:
+    if impl == "picows":
+        return _picows_parser(count)
+    if impl == "aiohttp":
+        pytest.importorskip("aiohttp")
+        return _aiohttp_parser(count)
+    if impl == "websockets":
+        pytest.importorskip("websockets")
+        return _websockets_parser(count)
+    return _fastws_parser(impl, count)
+
+
+def _bench_parse(benchmark: Any, impl: Any, reads: list[bytes], count: int, group: str) -> None:
+    parse = _make_parser(impl, count)
+    benchmark.group = group
+    try:
+        result = benchmark(parse, reads)
+    finally:
+        getattr(parse, "close", lambda: None)()
+    assert result is not None
+
+
 @pytest.mark.parametrize("size_name", list(SIZES))
 @pytest.mark.parametrize("impl", PARSERS)
 def test_parse_masked(benchmark: Any, impl: Any, size_name: str) -> None:
     size, count = SIZES[size_name]
     data = _masked_batch(size, count)
-    if impl == "picows":
-        parse = _picows_parser(count)
-    elif impl == "aiohttp":
-        pytest.importorskip("aiohttp")
-        parse = _aiohttp_parser(count)
-    elif impl == "websockets":
-        pytest.importorskip("websockets")
-        parse = _websockets_parser(count)
-    else:
-        parse = _fastws_parser(impl, count)
-    benchmark.group = f"parse {count} x {size_name} masked"
-    try:
-        result = benchmark(parse, data)
-    finally:
-        getattr(parse, "close", lambda: None)()
-    assert result is not None
+    _bench_parse(benchmark, impl, [data], count, f"parse {count} x {size_name} masked")
+
+
+@pytest.mark.parametrize("impl", PARSERS)
+def test_parse_masked_in_reads(benchmark: Any, impl: Any) -> None:
+    """A 1 MiB frame as the socket delivers it: in 64 KiB reads."""
+    data = _masked_batch(2**20, 1)
+    reads = [data[i : i + 2**16] for i in range(0, len(data), 2**16)]
+    _bench_parse(benchmark, impl, reads, 1, "parse 1 MiB masked in 64 KiB reads")
 
 
 # -- unmask ----------------------------------------------------------------
@@ -303,7 +333,7 @@ def test_encode(benchmark: Any, impl: Any, size_name: str) -> None:
     if impl == "websockets":
         frames: Any = pytest.importorskip("websockets.frames")
 
-        def encode() -> bytes:
+        def encode() -> Any:
             return frames.Frame(frames.Opcode.BINARY, data).serialize(mask=False)
 
         out = benchmark(encode)
