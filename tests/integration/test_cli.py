@@ -172,9 +172,13 @@ def test_port_in_use_is_one_line_error() -> None:
 # -- user modules -------------------------------------------------------------
 
 
-def test_serve_callback_handler_from_user_module(cli_process) -> None:
-    proc: CliProcess = cli_process("tests.integration.apps:Shout")
-    assert "serving tests.integration.apps:Shout on" in proc.output
+@pytest.mark.parametrize("loop", ["auto", "asyncio"])
+def test_serve_callback_handler_from_user_module(cli_process, loop: str) -> None:
+    proc: CliProcess = cli_process("tests.integration.apps:Shout", "--loop", loop)
+    m = START_LINE.search(proc.output)
+    assert m and m["target"] == "tests.integration.apps:Shout", proc.output
+    if loop == "asyncio":
+        assert m["loop"] == "asyncio"
     with ws_connect(proc.url + "/room") as ws:
         assert ws.recv(timeout=unit(5)) == "welcome /room"
         ws.send("hello")
