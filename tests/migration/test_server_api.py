@@ -357,6 +357,7 @@ async def test_connection_attributes(api: types.SimpleNamespace) -> None:
         seen["path"] = ws.request.path
         seen["ua"] = ws.request.headers["User-Agent"]
         seen["x"] = ws.request.headers.get_all("X-Multi")
+        seen["missing"] = ws.request.headers.get("X-Missing")
         seen["remote"] = ws.remote_address
         seen["local"] = ws.local_address
         seen["id"] = ws.id
@@ -382,6 +383,7 @@ async def test_connection_attributes(api: types.SimpleNamespace) -> None:
     assert seen["path"] == "/room/1?x=y"
     assert seen["ua"] == "migration-test"
     assert seen["x"] == ["a", "b"]
+    assert seen["missing"] is None
     assert seen["remote"][:2] == local[:2]
     assert seen["local"][0] == "127.0.0.1"
     assert str(seen["id"]) and seen["id"] is not None
@@ -825,3 +827,46 @@ async def test_other_create_server_kwargs(lib: str) -> None:
         async with connect(url) as ws:
             await ws.send("x")
             assert await ws.recv() == "x"
+
+
+def test_exception_names() -> None:
+    import websockets.exceptions
+
+    import fastws
+
+    names = [
+        "ConnectionClosed", "ConnectionClosedOK", "ConnectionClosedError", "InvalidHandshake", "InvalidOrigin",
+        "InvalidUpgrade", "InvalidHeader", "InvalidHeaderValue", "NegotiationError", "PayloadTooBig",
+        "ConcurrencyError", "WebSocketException",
+    ]  # fmt: skip
+    for name in names:
+        theirs, ours = getattr(websockets.exceptions, name), getattr(fastws, name)
+        assert issubclass(ours, fastws.WebSocketException), name
+        # The same family tree where a program's except clauses rely on it.
+        for base in ("ConnectionClosed", "InvalidHandshake", "InvalidHeader"):
+            if (name, base) == ("InvalidUpgrade", "InvalidHeader"):
+                continue  # test_invalid_upgrade_is_invalid_header
+            assert issubclass(theirs, getattr(websockets.exceptions, base)) == issubclass(ours, getattr(fastws, base)), (name, base)
+    assert issubclass(fastws.ConcurrencyError, RuntimeError)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: fastws.InvalidUpgrade is not a subclass of InvalidHeader (it is in websockets)")
+def test_invalid_upgrade_is_invalid_header() -> None:
+    import fastws
+
+    assert issubclass(fastws.InvalidUpgrade, fastws.InvalidHeader)
+
+
+@pytest.mark.parametrize("lib", ["websockets", bug("ws.response is None after a successful handshake")])
+async def test_response_attribute(lib: str) -> None:
+    api = server_api(lib)
+    seen: list[Any] = []
+
+    async def handler(ws: Any) -> None:
+        seen.append((ws.response.status_code, ws.response.headers["Upgrade"].lower()))
+
+    async with serving(api, handler) as (_, url):
+        async with connect(url) as ws:
+            with contextlib.suppress(ConnectionClosedOK, ConnectionClosedError):
+                await ws.recv()
+    assert seen == [(101, "websocket")]
