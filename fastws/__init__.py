@@ -17,6 +17,7 @@ from ._impl import COMPILED
 from ._impl import frame as _frame
 from .config import Config
 from .exceptions import (
+    Close,
     ConcurrencyError,
     ConnectionClosed,
     ConnectionClosedError,
@@ -33,7 +34,7 @@ from .exceptions import (
 from .http import Headers, Request, Response
 from ._impl import Connection
 from .protocol import CloseCode, Handler, State
-from .server import Server, serve, unix_serve
+from .server import Server, basic_auth, serve, unix_serve
 from .asyncio import ServerConnection, broadcast
 
 #: Raised by the codec for a protocol violation; ``.code`` is the close code.
@@ -44,6 +45,7 @@ __all__ = [
     "ConcurrencyError",
     "ServerConnection",
     "broadcast",
+    "Close",
     "CloseCode",
     "Config",
     "Connection",
@@ -65,6 +67,7 @@ __all__ = [
     "Server",
     "State",
     "WebSocketException",
+    "basic_auth",
     "__version__",
     "serve",
     "unix_serve",

@@ -12,12 +12,14 @@ cdef class Connection:
     cdef readonly object _transport
     cdef double _started
     cdef public object request
-    cdef public object response
+    cdef object _response
+    cdef bytes _head                     #: the 101 sent (parsed into .response on demand)
     cdef public object remote_address
     cdef public object local_address
     cdef public object subprotocol
     cdef public object close_rcvd        #: (code, reason) received, or None
     cdef public object close_sent        #: (code, reason) sent, or None
+    cdef public object close_rcvd_then_sent
     cdef readonly object _handler        #: what make_handler() returned
     cdef object _on_message              #: bound handler callbacks, looked up once
     cdef object _on_pong

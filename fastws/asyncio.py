@@ -66,6 +66,10 @@ class ServerConnection:
         self._low = 0
         #: Round-trip time of the last keepalive ping, in seconds.
         self.latency: float = 0.0
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+        #: Set by :func:`fastws.basic_auth` to the authenticated user.
+        self.username: str | None = None
+        self._fragmenting: asyncio.Future[None] | None = None
 
     # -- attributes, as in websockets -----------------------------------
 
@@ -105,6 +109,13 @@ class ServerConnection:
     @property
     def id(self) -> Any:
         return self._conn.id
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger that tags records with this connection (``websocket``)."""
+        if self._logger is None:
+            self._logger = logging.LoggerAdapter(logging.getLogger("fastws.server"), {"websocket": self})
+        return self._logger
 
     @property
     def connection(self) -> Connection:
@@ -154,6 +165,15 @@ class ServerConnection:
             return data.decode() if is_text else data
         return data.decode() if decode else data
 
+    async def recv_streaming(self, decode: bool | None = None) -> AsyncIterator[Data]:
+        """The next message as an async iterator of fragments.
+
+        fastws reassembles messages in its codec (within ``max_size``), so
+        the whole message comes as one fragment; code written for
+        ``websockets`` that joins the fragments works unchanged.
+        """
+        yield await self.recv(decode)
+
     def __aiter__(self) -> AsyncIterator[Data]:
         return self._iterate()
 
@@ -173,15 +193,24 @@ class ServerConnection:
         does not read slows the sender instead of growing memory.
         """
         conn = self._conn
+        while self._fragmenting is not None:
+            # Another coroutine is sending a fragmented message: frames of
+            # two messages must not interleave (RFC 6455 section 5.4).
+            await asyncio.shield(self._fragmenting)
         if isinstance(message, (str, bytes, bytearray, memoryview)):
             conn.send(message, text)
         elif isinstance(message, dict):
             raise TypeError("data is a dict-like object")
-        elif isinstance(message, Iterable):
-            await self._send_fragments(iter(message), text)
-            return
-        elif isinstance(message, AsyncIterable):
-            await self._send_async_fragments(message, text)
+        elif isinstance(message, (Iterable, AsyncIterable)):
+            self._fragmenting = asyncio.get_running_loop().create_future()
+            try:
+                if isinstance(message, Iterable):
+                    await self._send_fragments(iter(message), text)
+                else:
+                    await self._send_async_fragments(message, text)
+            finally:
+                done, self._fragmenting = self._fragmenting, None
+                done.set_result(None)
             return
         else:
             raise TypeError(f"message has unsupported type {type(message).__name__}")
@@ -430,40 +459,67 @@ class _Callbacks:
         self._fastws_bind = ws._bind
 
 
-def coroutine_handler_factory(handler: Callable[[ServerConnection], Awaitable[Any]]) -> Callable[[], _Callbacks]:
-    """A per-connection factory that runs ``handler(ws)`` in a task."""
+def coroutine_handler_factory(
+    handler: Callable[[ServerConnection], Awaitable[Any]], cls: type | None = None
+) -> Callable[[], _Callbacks]:
+    """A per-connection factory that runs ``handler(ws)`` in a task.
+
+    ``cls`` (websockets' ``create_connection``) is a ServerConnection
+    subclass to use instead of ServerConnection.
+    """
+    connection_class = ServerConnection if cls is None else cls
+    if not (isinstance(connection_class, type) and issubclass(connection_class, ServerConnection)):
+        raise TypeError(f"create_connection must be a subclass of fastws.ServerConnection, got {cls!r}")
 
     def factory() -> _Callbacks:
-        return _Callbacks(ServerConnection(handler))
+        return _Callbacks(connection_class(handler))
 
     return factory
 
 
-def broadcast(connections: Iterable[Any], message: Data, *, raise_exceptions: bool = False) -> None:
+def broadcast(
+    connections: Iterable[Any],
+    message: Data,
+    raise_exceptions: bool = False,
+    *,
+    text: bool | None = None,
+) -> None:
     """Send ``message`` to every open connection, framing it once, not waiting.
 
-    Works with both levels' connection objects. A connection whose write
-    buffer is above ``write_limit`` (a slow reader) is skipped for this
-    message, so one slow client never grows the server's memory.
+    Works with both levels' connection objects; ``text`` forces a text or
+    binary frame as in ``websockets``. The frame is written even to a slow
+    reader; one whose write buffer then exceeds ``max_write_buffer`` is
+    disconnected, so a slow client cannot grow the server's memory without
+    bound. A connection in the middle of a fragmented send is skipped.
     """
-    frame = _frame.encode_frame(OP_TEXT if isinstance(message, str) else OP_BINARY, message)
-    errors = []
-    skipped = 0
+    if isinstance(message, str):
+        opcode = OP_BINARY if text is False else OP_TEXT
+    elif isinstance(message, (bytes, bytearray, memoryview)):
+        opcode = OP_TEXT if text is True else OP_BINARY
+    else:
+        raise TypeError("data must be str or bytes")
+    frame = _frame.encode_frame(opcode, message)
+    errors: list[Exception] = []
     for ws in connections:
         conn = ws._conn if isinstance(ws, ServerConnection) else ws
         if conn._state != OPEN:
             continue
-        if conn._write_paused:
-            skipped += 1
+        if isinstance(ws, ServerConnection) and ws._fragmenting is not None:
+            if raise_exceptions:
+                errors.append(ConcurrencyError("sending a fragmented message"))
+            else:
+                logger.warning("conn %d: skipped broadcast: sending a fragmented message", conn._num)
             continue
         try:
             conn._transport.write(frame)
+            if conn._write_paused:
+                conn._check_write_buffer()
         except Exception as exc:
             if raise_exceptions:
-                errors.append(exc)
+                failure = RuntimeError("failed to write message")
+                failure.__cause__ = exc
+                errors.append(failure)
             else:
-                logger.warning("conn %d: broadcast failed: %s", conn._num, exc)
-    if skipped:
-        logger.debug("broadcast skipped %d slow connection(s)", skipped)
+                logger.warning("conn %d: skipped broadcast: failed to write message: %s", conn._num, exc)
     if errors:
-        raise ExceptionGroup("broadcast failed", errors)
+        raise ExceptionGroup("skipped broadcast", errors)

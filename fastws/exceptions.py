@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 __all__ = [
+    "Close",
     "WebSocketException",
     "ConnectionClosed",
     "ConnectionClosedOK",
@@ -22,48 +25,67 @@ class WebSocketException(Exception):
     """Base class for every exception fastws raises on purpose."""
 
 
+@dataclass(frozen=True, slots=True)
+class Close:
+    """A close frame's content: ``code`` and ``reason`` (as in websockets)."""
+
+    code: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.code} ({self.reason})" if self.reason else str(self.code)
+
+
 class ConnectionClosed(WebSocketException):
     """Raised when using a connection that is closed or closing.
 
-    ``rcvd_code``/``rcvd_reason`` are what the peer sent in its close frame
-    (``None`` if it sent none); ``sent_code``/``sent_reason`` what we sent.
-    ``code`` and ``reason`` are the close code and reason of the connection
-    as a whole: 1006 when no close frame was received.
+    ``rcvd`` is the close frame the peer sent (``None`` if none), ``sent`` the
+    one we sent, ``rcvd_then_sent`` whether the peer closed first. ``code``
+    and ``reason`` are the connection's: the received ones, or 1006 / ``""``.
     """
 
-    def __init__(
-        self,
-        rcvd_code: int | None,
-        rcvd_reason: str | None,
-        sent_code: int | None = None,
-        sent_reason: str | None = None,
-    ) -> None:
-        self.rcvd_code = rcvd_code
-        self.rcvd_reason = rcvd_reason
-        self.sent_code = sent_code
-        self.sent_reason = sent_reason
-        super().__init__(rcvd_code, rcvd_reason)
+    def __init__(self, rcvd: Close | None, sent: Close | None, rcvd_then_sent: bool | None = None) -> None:
+        self.rcvd = rcvd
+        self.sent = sent
+        self.rcvd_then_sent = rcvd_then_sent
+        super().__init__(rcvd, sent, rcvd_then_sent)
+
+    @property
+    def rcvd_code(self) -> int | None:
+        return None if self.rcvd is None else self.rcvd.code
+
+    @property
+    def rcvd_reason(self) -> str | None:
+        return None if self.rcvd is None else self.rcvd.reason
+
+    @property
+    def sent_code(self) -> int | None:
+        return None if self.sent is None else self.sent.code
+
+    @property
+    def sent_reason(self) -> str | None:
+        return None if self.sent is None else self.sent.reason
 
     @property
     def code(self) -> int:
         """The close code: the received one, or 1006 (abnormal closure)."""
-        return 1006 if self.rcvd_code is None else self.rcvd_code
+        return 1006 if self.rcvd is None else self.rcvd.code
 
     @property
     def reason(self) -> str:
         """The received close reason, or ``""``."""
-        return self.rcvd_reason or ""
+        return "" if self.rcvd is None else self.rcvd.reason
 
     def __str__(self) -> str:
-        if self.rcvd_code is None:
-            received = "no close frame received"
-        else:
-            received = f"received {self.rcvd_code} ({self.rcvd_reason or ''})"
-        if self.sent_code is None:
-            sent = "no close frame sent"
-        else:
-            sent = f"sent {self.sent_code} ({self.sent_reason or ''})"
-        return f"{received}; {sent}"
+        if self.rcvd is None:
+            if self.sent is None:
+                return "no close frame received or sent"
+            return f"sent {self.sent}; no close frame received"
+        if self.sent is None:
+            return f"received {self.rcvd}; no close frame sent"
+        if self.rcvd_then_sent:
+            return f"received {self.rcvd}; then sent {self.sent}"
+        return f"sent {self.sent}; then received {self.rcvd}"
 
 
 class ConnectionClosedOK(ConnectionClosed):
@@ -85,12 +107,12 @@ class InvalidHandshake(WebSocketException):
             self.status = status
 
 
-class InvalidUpgrade(InvalidHandshake):
-    """The ``Upgrade`` or ``Connection`` header is missing or wrong."""
-
-
 class InvalidHeader(InvalidHandshake):
     """A handshake header is missing, repeated or malformed."""
+
+
+class InvalidUpgrade(InvalidHeader):
+    """The ``Upgrade`` or ``Connection`` header is missing or wrong."""
 
 
 class InvalidHeaderValue(InvalidHeader):

@@ -146,6 +146,18 @@ class Response:
         """Alias of ``status_code``."""
         return self.status_code
 
+    @classmethod
+    def parse_head(cls, head: bytes) -> "Response":
+        """A response from its status line and header block (no body)."""
+        lines = head.decode("latin-1").split("\r\n")
+        _, status, reason = (lines[0].split(" ", 2) + [""])[:3]
+        headers = Headers()
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip()] = value.strip()
+        return cls(int(status), reason, headers)
+
     def serialize(self) -> bytes:
         """The response as bytes on the wire."""
         head = f"HTTP/1.1 {self.status_code} {self.reason_phrase}\r\n".encode("latin-1")

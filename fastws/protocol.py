@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from . import _impl
-from .exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidHandshake
+from .exceptions import Close, ConnectionClosedError, ConnectionClosedOK, InvalidHandshake
 from .http import Headers, Request, Response, check_request, error_response, make_response, upgrade_required
 
 if TYPE_CHECKING:
@@ -126,14 +126,17 @@ class Connection:
         self._transport: asyncio.Transport | None = None
         self._started = time.monotonic()
         self.request: Request | None = None
-        self.response: Response | None = None
+        self._response: Response | None = None
+        self._head = b""  # the 101 sent, parsed into .response on demand
         self.remote_address: Any = None
         self.local_address: Any = None
         self.subprotocol: str | None = None
-        #: Code and reason of the close frame received (None until one is).
-        self.close_rcvd: tuple[int, str] | None = None
-        #: Code and reason of the close frame sent (None until one is).
-        self.close_sent: tuple[int, str] | None = None
+        #: The close frame received (``Close(code, reason)``), None until one is.
+        self.close_rcvd: Close | None = None
+        #: The close frame sent, None until one is.
+        self.close_sent: Close | None = None
+        #: Whether the peer's close came first (None until both are known).
+        self.close_rcvd_then_sent: bool | None = None
         self._handler: Any = None
         self._on_message: Callable[[Connection, bytes, bool], Any] | None = None
         self._on_pong: Callable[[Connection, bytes], Any] | None = None
@@ -165,6 +168,17 @@ class Connection:
         return self._uuid
 
     @property
+    def response(self) -> Response | None:
+        """The handshake response sent: the 101, or the HTTP rejection."""
+        if self._response is None and self._head:
+            self._response = Response.parse_head(self._head)
+        return self._response
+
+    @response.setter
+    def response(self, value: Response | None) -> None:
+        self._response = value
+
+    @property
     def state(self) -> State:
         """CONNECTING, OPEN, CLOSING or CLOSED."""
         return State(self._state)
@@ -173,14 +187,14 @@ class Connection:
     def close_code(self) -> int | None:
         """The close code received, 1006 if closed without one, else None."""
         if self.close_rcvd is not None:
-            return self.close_rcvd[0]
+            return self.close_rcvd.code
         return 1006 if self._state == CLOSED else None
 
     @property
     def close_reason(self) -> str | None:
         """The close reason received, ``""`` if none, None while open."""
         if self.close_rcvd is not None:
-            return self.close_rcvd[1]
+            return self.close_rcvd.reason
         return "" if self._state == CLOSED else None
 
     @property
@@ -321,7 +335,8 @@ class Connection:
             self._lost_waiter.set_result(None)
         if not was_open:
             return
-        code, reason = self.close_rcvd if self.close_rcvd is not None else (1006, "")
+        rcvd = self.close_rcvd
+        code, reason = (rcvd.code, rcvd.reason) if rcvd is not None else (1006, "")
         if self._config.access_log:
             access_logger.info(
                 "conn %d closed %d%s after %.3fs%s",
@@ -329,7 +344,7 @@ class Connection:
                 code,
                 f" {reason!r}" if reason else "",
                 time.monotonic() - self._started,
-                f" (sent {self.close_sent[0]})" if self.close_sent and self.close_sent[0] != code else "",
+                f" (sent {self.close_sent.code})" if self.close_sent and self.close_sent.code != code else "",
             )
         try:
             self._handler.on_close(self, code, reason)
@@ -432,6 +447,46 @@ class Connection:
             self._reject(error_response(exc), str(exc))
             return
         head = _impl.handshake.build_101(accept, extra)
+        hook = self._server.process_response
+        if hook is not None:
+            response = Response.parse_head(head)
+            try:
+                result = hook(self._public, request, response)
+            except Exception:
+                logger.exception("conn %d: error in process_response", self._num)
+                self._reject(make_response(500, "Internal server error.\n"), "process_response failed")
+                return
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(self._await_process_response(result, response, rest))
+                self._server.track_task(task)
+                return
+            self._accept(result if result is not None else response, rest)
+            return
+        self._head = head
+        self._accept(None, rest)
+
+    async def _await_process_response(self, result: Awaitable[Response | None], response: Response, rest: bytes) -> None:
+        try:
+            final = await result
+        except Exception:
+            logger.exception("conn %d: error in process_response", self._num)
+            self._reject(make_response(500, "Internal server error.\n"), "process_response failed")
+            return
+        if self._state == CONNECTING:
+            self._accept(final if final is not None else response, rest)
+
+    def _accept(self, response: Response | None, rest: bytes) -> None:
+        """Send the 101 (or what process_response chose instead) and open."""
+        request = self.request
+        assert request is not None
+        if response is not None:
+            if response.status_code != 101:
+                self._reject(response, "process_response")
+                return
+            self.response = response
+            head = response.serialize()
+        else:
+            head = self._head
         transport = self._transport
         assert transport is not None
         transport.write(head)
@@ -575,8 +630,9 @@ class Connection:
 
     def _close_received(self, payload: bytes) -> None:
         code, reason = _parse_close(payload)
-        self.close_rcvd = (code, reason)
+        self.close_rcvd = Close(code, reason)
         if self._state == OPEN:
+            self.close_rcvd_then_sent = True
             # Echo the code (RFC 6455 section 5.5.1); 1005 means "none", so
             # an empty close is answered with an empty close.
             self._send_close(code, "")
@@ -587,7 +643,9 @@ class Connection:
         self._transport.close()  # type: ignore[union-attr]
 
     def _send_close(self, code: int, reason: str) -> None:
-        self.close_sent = (code, reason)
+        self.close_sent = Close(code, reason)
+        if self.close_rcvd_then_sent is None:
+            self.close_rcvd_then_sent = self.close_rcvd is not None
         try:
             payload = _close_payload(code, reason)
         except ValueError:
@@ -660,16 +718,15 @@ class Connection:
             self._timer = None
 
     def _closed_exc(self) -> Exception:
+        """The ConnectionClosed subclass that describes how this one ended."""
         rcvd = self.close_rcvd
         sent = self.close_sent
-        ok = (rcvd is not None and rcvd[0] in (1000, 1001)) and (sent is None or sent[0] in (1000, 1001))
+        ok = rcvd is not None and sent is not None and rcvd.code in _OK_CODES and sent.code in _OK_CODES
         cls = ConnectionClosedOK if ok else ConnectionClosedError
-        return cls(
-            rcvd[0] if rcvd else None,
-            rcvd[1] if rcvd else None,
-            sent[0] if sent else None,
-            sent[1] if sent else None,
-        )
+        return cls(rcvd, sent, self.close_rcvd_then_sent if rcvd is not None and sent is not None else None)
+
+
+_OK_CODES = (1000, 1001, 1005)
 
 
 def _format_address(address: Any) -> str:

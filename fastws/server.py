@@ -8,6 +8,8 @@ it as an async context manager, and get a :class:`Server` with ``close()``,
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
 import inspect
 import logging
 import re
@@ -18,11 +20,11 @@ from typing import Any
 
 from .config import DEFAULTS, Config
 from .exceptions import InvalidHeader, InvalidOrigin, NegotiationError
-from .http import Request, Response, upgrade_required
+from .http import Request, Response, make_response, upgrade_required
 from . import _impl
 from .protocol import CLOSED, CONNECTING, OPEN, Connection
 
-__all__ = ["Server", "serve", "unix_serve", "resolve_handler"]
+__all__ = ["Server", "basic_auth", "serve", "unix_serve", "resolve_handler"]
 
 logger = logging.getLogger("fastws")
 
@@ -32,7 +34,7 @@ ProcessRequest = Callable[[Any, Request], "Response | None | Awaitable[Response 
 _ALIASES = {"max_size": "max_message_size"}
 
 
-def resolve_handler(handler: Any) -> tuple[Callable[[], Any], bool]:
+def resolve_handler(handler: Any, create_connection: type | None = None) -> tuple[Callable[[], Any], bool]:
     """Turn what the user passed into a per-connection handler factory.
 
     Returns ``(factory, is_coroutine)``. Accepted: an ``async def
@@ -42,7 +44,7 @@ def resolve_handler(handler: Any) -> tuple[Callable[[], Any], bool]:
     if inspect.iscoroutinefunction(handler):
         from .asyncio import coroutine_handler_factory
 
-        return coroutine_handler_factory(handler), True
+        return coroutine_handler_factory(handler, create_connection), True
     if isinstance(handler, type) or (
         callable(handler) and not hasattr(handler, "on_message")
     ):
@@ -69,9 +71,10 @@ class ServerState:
         select_subprotocol: Callable[[Any, Sequence[str]], str | None] | None = None,
         origins: Sequence[str | re.Pattern[str] | None] | None = None,
         server_header: str | None = None,
+        create_connection: type | None = None,
     ) -> None:
         self.config = config
-        self.make_handler, self.is_coroutine = resolve_handler(handler)
+        self.make_handler, self.is_coroutine = resolve_handler(handler, create_connection)
         self.connections: set[Connection] = set()
         self._process_request = process_request
         self.process_response = process_response
@@ -172,6 +175,7 @@ class Server:
         self._server: asyncio.Server | None = None
         self._closing: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
 
     @property
     def config(self) -> Config:
@@ -206,6 +210,8 @@ class Server:
 
     async def serve_forever(self) -> None:
         """Serve until :meth:`close` is called or the task is cancelled."""
+        if self._server is not None and not self._server.is_serving() and self._closing is None:
+            await self._server.start_serving()
         try:
             await self._closed.wait()
         except asyncio.CancelledError:
@@ -213,10 +219,18 @@ class Server:
             await self.wait_closed()
             raise
 
-    def close(self, close_connections: bool = True, code: int = 1001, reason: str = "server shutting down") -> None:
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the server runs on."""
+        return self._loop
+
+    def close(self, close_connections: bool = True, code: int = 1001, reason: str = "") -> None:
         """Stop accepting; close open connections with ``code`` (1001).
 
-        The closing runs in the background; await :meth:`wait_closed`.
+        Then wait (up to ``close_timeout``) for connections to close and for
+        handlers to return; past it, connections are dropped and handlers
+        cancelled. With ``close_connections=False`` open connections are left
+        to end on their own and :meth:`wait_closed` waits for them. The
+        closing runs in the background; await :meth:`wait_closed`.
         """
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._close(close_connections, code, reason))
@@ -231,19 +245,29 @@ class Server:
                     conn.close(code, reason)
                 elif conn._state == CONNECTING:
                     conn.abort()
-        deadline = self._state.config.close_timeout
+        deadline = self._state.config.close_timeout if close_connections else None
+        loop = asyncio.get_running_loop()
+        end = None if deadline is None else loop.time() + deadline
         waiters = [asyncio.ensure_future(c.wait_closed()) for c in conns if c._state != CLOSED]
         if waiters:
-            done, pending = await asyncio.wait(waiters, timeout=deadline)
+            _, pending = await asyncio.wait(waiters, timeout=deadline)
             for conn in list(self._state.connections):
                 conn.abort()
             for w in pending:
                 w.cancel()
+        # Handlers may still be cleaning up after their connection ended
+        # (finally: blocks); give them what is left of the deadline.
+        tasks = list(self._state.tasks)
+        if tasks:
+            left = None if end is None else max(0.0, end - loop.time())
+            _, late = await asyncio.wait(tasks, timeout=left)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
         if self._server is not None:
             # asyncio's wait_closed also waits for connections; they are gone.
             await self._server.wait_closed()
-        for task in list(self._state.tasks):
-            task.cancel()
         self._closed.set()
 
     async def wait_closed(self) -> None:
@@ -261,6 +285,12 @@ class Server:
 def _split_options(options: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
     config = options.pop("config", None) or DEFAULTS
     changes: dict[str, Any] = {}
+    # websockets accepts (high, low) pairs for max_queue and write_limit and
+    # (message, fragment) for max_size; fastws keeps the first (its low-water
+    # marks are derived) and has no separate per-fragment limit.
+    for key in ("max_queue", "write_limit", "max_size", "max_message_size"):
+        if isinstance(options.get(key), tuple):
+            options[key] = options[key][0]
     for key in list(options):
         name = _ALIASES.get(key, key)
         if name in Config.__dataclass_fields__:
@@ -273,8 +303,17 @@ def _split_options(options: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
     return config, options
 
 
-_STATE_OPTIONS = {"process_request", "process_response", "subprotocols", "select_subprotocol", "origins", "server_header"}
-_LISTEN_OPTIONS = {"sock", "ssl", "reuse_port", "reuse_address", "family", "start_serving"}
+_STATE_OPTIONS = {
+    "process_request",
+    "process_response",
+    "subprotocols",
+    "select_subprotocol",
+    "origins",
+    "server_header",
+    "create_connection",
+}
+# Accepted for websockets compatibility and deliberately unused (docs/migration.md).
+_IGNORED_OPTIONS = {"logger", "extensions", "extra_headers"}
 
 
 class serve:
@@ -291,12 +330,11 @@ class serve:
     def __init__(self, handler: Any, host: str | Sequence[str] | None = None, port: int | None = None, **options: Any) -> None:
         config, rest = _split_options(dict(options))
         state_kwargs = {k: rest.pop(k) for k in list(rest) if k in _STATE_OPTIONS}
-        listen_kwargs = {k: rest.pop(k) for k in list(rest) if k in _LISTEN_OPTIONS}
         self._unix_path = rest.pop("path", None)
-        for ignored in ("logger", "create_connection", "extensions"):
+        for ignored in _IGNORED_OPTIONS:
             rest.pop(ignored, None)
-        if rest:
-            raise TypeError(f"serve() got unexpected keyword argument(s): {', '.join(sorted(rest))}")
+        # What is left goes to loop.create_server(), as in websockets.
+        listen_kwargs = rest
         self._state = ServerState(handler, config, **state_kwargs)
         self._host = host
         self._port = port
@@ -343,3 +381,63 @@ class serve:
 def unix_serve(handler: Any, path: str | None = None, **options: Any) -> serve:
     """Like :func:`serve`, on a Unix socket at ``path``."""
     return serve(handler, path=path, **options)
+
+
+def basic_auth(
+    realm: str = "",
+    credentials: "tuple[str, str] | Iterable[tuple[str, str]] | None" = None,
+    check_credentials: "Callable[[str, str], Awaitable[bool] | bool] | None" = None,
+) -> Callable[[Any, Request], Awaitable[Response | None]]:
+    """A ``process_request`` hook for HTTP Basic Auth (RFC 7617), as in websockets.
+
+    Give ``credentials`` (one ``(username, password)`` pair or several) or a
+    ``check_credentials(username, password)`` function (may be async). A
+    request without valid credentials gets 401 with ``WWW-Authenticate``;
+    an accepted one sets ``connection.username``.
+    """
+    if (credentials is None) == (check_credentials is None):
+        raise TypeError("provide either credentials or check_credentials")
+    if credentials is not None:
+        pairs = [credentials] if isinstance(credentials, tuple) and len(credentials) == 2 and all(isinstance(c, str) for c in credentials) else list(credentials)  # type: ignore[arg-type]
+        for pair in pairs:
+            if not (isinstance(pair, tuple) and len(pair) == 2):
+                raise TypeError(f"invalid credentials argument: {credentials!r}")
+        known = dict(pairs)
+
+        def check(username: str, password: str) -> bool:
+            expected = known.get(username)
+            return expected is not None and hmac.compare_digest(expected.encode(), password.encode())
+
+        checker: Callable[[str, str], Any] = check
+    else:
+        assert check_credentials is not None
+        checker = check_credentials
+
+    challenge = f'Basic realm="{realm}", charset="UTF-8"'
+
+    def unauthorized(text: str) -> Response:
+        return make_response(401, text, headers=[("WWW-Authenticate", challenge)])
+
+    async def process_request(connection: Any, request: Request) -> Response | None:
+        try:
+            authorization = request.headers["Authorization"]
+        except KeyError:
+            return unauthorized("Missing credentials\n")
+        scheme, _, token = authorization.partition(" ")
+        try:
+            if scheme.lower() != "basic":
+                raise ValueError(scheme)
+            username, sep, password = base64.b64decode(token.strip(), validate=True).decode().partition(":")
+            if not sep:
+                raise ValueError("no colon")
+        except (ValueError, UnicodeDecodeError):
+            return unauthorized("Unsupported credentials\n")
+        valid = checker(username, password)
+        if inspect.isawaitable(valid):
+            valid = await valid
+        if not valid:
+            return unauthorized("Invalid credentials\n")
+        connection.username = username
+        return None
+
+    return process_request
