@@ -538,7 +538,11 @@ class Connection:
         if transport is not None and not transport.is_closing():
             if "Connection" not in response.headers:
                 response.headers["Connection"] = "close"
-            transport.write(response.serialize())
+            data = response.serialize()
+            if self.request is not None and self.request.method == "HEAD":
+                # RFC 9110 section 9.3.2: same headers as GET, no content.
+                data = data[: len(data) - len(response.body)]
+            transport.write(data)
             transport.close()
 
     def _open_timeout(self) -> None:

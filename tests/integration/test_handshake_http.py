@@ -214,7 +214,6 @@ async def test_demo_serves_page_health_and_404() -> None:
         assert up.status == 101
 
 
-@pytest.mark.xfail(reason="bug: the response to HEAD carries the body (bugs.md)", strict=True)
 async def test_head_gets_headers_without_body() -> None:
     async with serving(EchoHandler) as (_, url):
         get = await exchange(url, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
