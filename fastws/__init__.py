@@ -14,7 +14,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ._impl import COMPILED
-from ._impl import frame as _frame
+from ._impl import frame as _codec
 from .config import Config
 from .exceptions import (
     Close,
@@ -38,7 +38,7 @@ from .server import Server, basic_auth, serve, unix_serve
 from .asyncio import ServerConnection, broadcast
 
 #: Raised by the codec for a protocol violation; ``.code`` is the close code.
-ProtocolError = _frame.ProtocolError
+ProtocolError = _codec.ProtocolError
 
 __all__ = [
     "COMPILED",

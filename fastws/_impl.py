@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 logger = logging.getLogger("fastws")
 
@@ -26,8 +27,8 @@ if NO_EXTENSIONS:
     COMPILED = False
 else:
     try:
-        from . import _frame as frame  # type: ignore[no-redef]
-        from . import _handshake as handshake  # type: ignore[no-redef]
+        from . import _frame as frame
+        from . import _handshake as handshake
 
         COMPILED = True
     except ImportError as exc:  # pragma: no cover - depends on the build
@@ -46,7 +47,9 @@ CODEC_NAME: str = "compiled" if COMPILED else "pure-python"
 # The protocol's Connection: the compiled copy of protocol.py (see
 # _protocol_c.pxd) when the extensions are in use, else protocol.py itself.
 # Imported last: both import this module for `frame`, set above.
-if COMPILED:
+if TYPE_CHECKING:
+    from .protocol import Connection as Connection
+elif COMPILED:
     try:
         from ._protocol_c import Connection
     except ImportError as exc:  # pragma: no cover - depends on the build
@@ -54,4 +57,4 @@ if COMPILED:
 
         logger.warning("fastws: compiled protocol not available (%s); using protocol.py", exc)
 else:
-    from .protocol import Connection  # type: ignore[assignment]
+    from .protocol import Connection

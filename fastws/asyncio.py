@@ -246,7 +246,7 @@ class ServerConnection:
             return
         opcode = _fragment_opcode(prev, text)
         first_is_str = isinstance(prev, str)
-        async for chunk in iterator:  # type: ignore[attr-defined]
+        async for chunk in iterator:
             _check_fragment(chunk, first_is_str)
             conn.send_frame(opcode, prev, fin=False)
             opcode = OP_CONT
@@ -511,7 +511,7 @@ def broadcast(
                 logger.warning("conn %d: skipped broadcast: sending a fragmented message", conn._num)
             continue
         try:
-            conn._transport.write(frame)
+            conn._transport.write(frame)  # type: ignore[union-attr]
             if conn._write_paused:
                 conn._check_write_buffer()
         except Exception as exc:

@@ -314,7 +314,7 @@ class Connection:
                 self._public = bind(self)
         except Exception:
             logger.exception("conn %d: handler factory failed", self._num)
-            transport.abort()
+            self._transport.abort()  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
         if self._state == OPEN or self._state == CLOSING:

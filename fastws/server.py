@@ -88,7 +88,7 @@ class ServerState:
     def track_task(self, task: "asyncio.Task[Any] | asyncio.Future[Any]") -> None:
         """Keep a reference to a background task until it ends."""
         self.tasks.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self.tasks.discard)  # type: ignore[arg-type]
+        task.add_done_callback(self.tasks.discard)
 
     def process_request(self, conn: Connection, request: Request) -> Any:
         """The user's hooks in order: the ``process_request`` option, then the
@@ -194,7 +194,7 @@ class Server:
         """The open connections (the objects handlers receive)."""
         return {c._handler_public() for c in self._state.connections if c._state == OPEN}
 
-    async def _listen(self, create: Callable[[Callable[[], Connection]], Awaitable[asyncio.Server]]) -> None:
+    async def _listen(self, create: Callable[[Callable[[], Any]], Awaitable[asyncio.Server]]) -> None:
         state = self._state
         connection = _impl.Connection
         self._server = await create(lambda: connection(state))
@@ -349,12 +349,12 @@ class serve:
         backlog = state.config.backlog
         if self._unix_path is not None or (kwargs.get("sock") is not None and kwargs["sock"].family == socket.AF_UNIX):
 
-            async def create(factory: Callable[[], Connection]) -> asyncio.Server:
+            async def create(factory: Callable[[], Any]) -> asyncio.Server:
                 return await loop.create_unix_server(factory, self._unix_path, backlog=backlog, **kwargs)
 
         else:
 
-            async def create(factory: Callable[[], Connection]) -> asyncio.Server:
+            async def create(factory: Callable[[], Any]) -> asyncio.Server:
                 return await loop.create_server(factory, self._host, self._port, backlog=backlog, **kwargs)
 
         await server._listen(create)
@@ -398,11 +398,15 @@ def basic_auth(
     if (credentials is None) == (check_credentials is None):
         raise TypeError("provide either credentials or check_credentials")
     if credentials is not None:
-        pairs = [credentials] if isinstance(credentials, tuple) and len(credentials) == 2 and all(isinstance(c, str) for c in credentials) else list(credentials)  # type: ignore[arg-type]
+        pairs: list[Any]
+        if isinstance(credentials, tuple) and len(credentials) == 2 and all(isinstance(c, str) for c in credentials):
+            pairs = [credentials]
+        else:
+            pairs = list(credentials)
         for pair in pairs:
-            if not (isinstance(pair, tuple) and len(pair) == 2):
+            if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(c, str) for c in pair)):
                 raise TypeError(f"invalid credentials argument: {credentials!r}")
-        known = dict(pairs)
+        known: dict[str, str] = dict(pairs)
 
         def check(username: str, password: str) -> bool:
             expected = known.get(username)
