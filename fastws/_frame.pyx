@@ -13,7 +13,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memmove
 
 # One exception class for both implementations, so that `except
@@ -172,9 +172,10 @@ cdef inline uint32_t _utf8_feed(uint32_t state, const unsigned char* s, Py_ssize
     cdef const unsigned char* end = s + n
     cdef uint64_t w0, w1
     while s < end:
-        if state == UTF8_ACCEPT:
-            # Between characters: skip ASCII 16, then 8, then 1 byte at a
-            # time. memcpy compiles to one unaligned load.
+        if state == UTF8_ACCEPT and s[0] < 0x80:
+            # Between characters, at ASCII: skip it 16, then 8, then 1 byte
+            # at a time. memcpy compiles to one unaligned load.
+            s += 1
             while end - s >= 16:
                 memcpy(&w0, s, 8)
                 memcpy(&w1, s + 8, 8)
@@ -187,12 +188,16 @@ cdef inline uint32_t _utf8_feed(uint32_t state, const unsigned char* s, Py_ssize
                     s += 8
             while s < end and s[0] < 0x80:
                 s += 1
-            if s == end:
-                break
+            continue
+        # A multi-byte sequence: run the DFA to its end (states above
+        # UTF8_REJECT are "inside a sequence").
         state = _UTF8_NEXT[state + _UTF8_CLASS[s[0]]]
+        s += 1
+        while state > UTF8_REJECT and s < end:
+            state = _UTF8_NEXT[state + _UTF8_CLASS[s[0]]]
+            s += 1
         if state == UTF8_REJECT:
             break
-        s += 1
     return state
 
 
@@ -317,6 +322,8 @@ cdef class FrameReader:
         if value is None:
             self._max_size = -1
             return
+        if not isinstance(value, int):
+            raise TypeError(f"max_message_size must be an int or None, not {type(value).__name__}")
         size = value
         if size < 0:
             raise ValueError("max_message_size must be >= 0 or None")
@@ -622,16 +629,17 @@ cdef class FrameReader:
         return 0
 
     cdef void _buf_emptied(self) noexcept:
-        cdef unsigned char* grown
         self._buf_start = 0
         self._buf_end = 0
         if self._buf_cap > BUF_SHRINK_ABOVE:
-            # Give back what a big frame needed; realloc to smaller does not
-            # fail in practice, and if it does the old block is still good.
-            grown = <unsigned char*>realloc(self._buf, BUF_MIN)
-            if grown != NULL:
-                self._buf = grown
-                self._buf_cap = BUF_MIN
+            # Give back what a big frame needed (it is reallocated on demand).
+            # free(), not realloc() to BUF_MIN: glibc shrinks an mmap'd block
+            # in place, so every big frame would mmap and page-fault afresh
+            # (6x slower for 1 MiB frames), while free() lets malloc's
+            # dynamic mmap threshold adapt and recycle the memory.
+            free(self._buf)
+            self._buf = NULL
+            self._buf_cap = 0
 
     cdef void _release_all(self) noexcept:
         # A finished reader parses nothing more: drop every byte it holds.

@@ -13,6 +13,7 @@ touches a socket.
 from __future__ import annotations
 
 import codecs
+import operator
 import sys
 
 __all__ = [
@@ -152,7 +153,7 @@ class FrameReader:
     @max_message_size.setter
     def max_message_size(self, value: int | None) -> None:
         if value is not None:
-            value = int(value)
+            value = operator.index(value)
             if value < 0:
                 raise ValueError("max_message_size must be >= 0 or None")
         self._max_size = value

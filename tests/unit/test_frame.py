@@ -544,6 +544,10 @@ def test_max_message_size_attribute(frame: ModuleType) -> None:
     assert reader.max_message_size is None
     with pytest.raises(ValueError):
         reader.max_message_size = -1
+    with pytest.raises(TypeError):
+        reader.max_message_size = 1.5
+    with pytest.raises(ValueError):
+        frame.FrameReader(max_message_size=-5)
 
 
 def test_max_message_size_none(frame: ModuleType) -> None:
@@ -632,18 +636,33 @@ def test_mutable_input_may_be_reused(frame: ModuleType) -> None:
 
 
 def test_buffers_grow_and_shrink(frame: ModuleType) -> None:
-    # A 600 kB frame in pieces grows the buffers past their shrink threshold;
-    # small frames after it still parse (after the buffers were given back).
+    # 600 kB frames in pieces grow the buffers past their shrink threshold,
+    # they are given back once empty, and must grow again for the next round.
     big = BIG * 8
     data = raw(FIN | BINARY, big) + raw(BINARY, big) + raw(FIN | CONT, b"!") + raw(FIN | TEXT, b"small")
     chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
     expected = [(2, big), (2, big + b"!"), (1, b"small")]
-    assert parse(frame, chunks, max_message_size=None) == (expected, None)
     reader = frame.FrameReader(max_message_size=None)
-    for chunk in chunks:
-        reader.feed_data(chunk)
-        drain(reader, frame, [])
-    assert reader.buffered == 0
+    for _ in range(3):
+        events: Events = []
+        for chunk in chunks:
+            reader.feed_data(chunk)
+            assert drain(reader, frame, events) is None
+        assert events == expected
+        assert reader.buffered == 0
+
+
+def test_many_frames_in_odd_chunks(frame: ModuleType) -> None:
+    # Frame boundaries never line up with chunk boundaries, so parsed bytes
+    # pile up at the front of the buffer until it is compacted.
+    payloads = [BIG[i : i + (i * 37) % 301] for i in range(400)]
+    data = b"".join(raw(FIN | BINARY, p, mask=bytes((i & 0xFF, 1, 2, 3))) for i, p in enumerate(payloads))
+    expected = [(2, p) for p in payloads]
+    for size in (7, 100, 1000, 4097, 20000):
+        chunks: list[Any] = [data[i : i + size] for i in range(0, len(data), size)]
+        assert parse(frame, chunks) == (expected, None)
+        mixed = [bytearray(c) if n % 3 == 0 else c for n, c in enumerate(chunks)]
+        assert parse(frame, mixed) == (expected, None)
 
 
 def test_feed_data_rejects_str(frame: ModuleType) -> None:
@@ -795,57 +814,77 @@ def test_encode_then_read_fragments(frame: ModuleType) -> None:
 
 VALID_CLOSE = [b"", b"\x03\xe8", b"\x03\xe9bye", b"\x0f\xa0\xc3\xa9"]
 INVALID_CLOSE = [b"\x03", b"\x03\xed", b"\x00\x00x", b"\x03\xe8\xff", b"\x03\xe8\xed\xa0\x80"]
-UTF8_BITS = [b"a", b"z", b"\xc3\xa9", b"\xe2\x82\xac", b"\xf0\x9f\x8e\x89", b"\xed\x9f\xbf",
-             b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80", b"\x80", b"\xe2", b"\xf0\x9f", b"\xff"]
+GOOD_UTF8 = [b"a", b"z", b"\x7f", b"\xc2\x80", b"\xc3\xa9", b"\xe0\xa0\x80", b"\xe2\x82\xac",
+             b"\xed\x9f\xbf", b"\xee\x80\x80", b"\xf0\x90\x80\x80", b"\xf0\x9f\x8e\x89",
+             b"\xf4\x8f\xbf\xbf"]
+BAD_UTF8 = [b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xc0\xaf", b"\xc1\xbf", b"\xe0\x9f\xbf",
+            b"\xf0\x8f\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf5\x80", b"\x80", b"\xbf", b"\xe2",
+            b"\xf0\x9f", b"\xff", b"\xc3A"]
 
-utf8ish = st.lists(st.sampled_from(UTF8_BITS), max_size=40).map(b"".join)
+
+@st.composite
+def utf8ish(draw: st.DrawFn) -> bytes:
+    """Valid UTF-8 from characters of every length, and in half the cases
+    one broken sequence somewhere: the place where an error must show."""
+    parts = draw(st.lists(st.sampled_from(GOOD_UTF8), max_size=30))
+    if draw(st.booleans()):
+        parts.insert(draw(st.integers(0, len(parts))), draw(st.sampled_from(BAD_UTF8)))
+    return b"".join(parts)
+
+
+def rarely(draw: st.DrawFn, one_in: int) -> bool:
+    # Not integers(1, n) == 1: hypothesis favours bounds, and shrinks to False.
+    return draw(st.sampled_from([False] * (one_in - 1) + [True]))
 
 
 @st.composite
 def streams(draw: st.DrawFn) -> tuple[bytes, dict[str, Any]]:
-    """A byte stream of random frames, mostly well-formed messages."""
+    """A byte stream of random frames: mostly well-formed messages, with a
+    violation of each kind now and then."""
     kwargs = {
         "require_mask": draw(st.booleans()),
         "rsv1_allowed": draw(st.booleans()),
-        "max_message_size": draw(st.one_of(st.none(), st.integers(0, 400))),
+        "max_message_size": draw(st.one_of(st.none(), st.none(), st.integers(0, 600))),
     }
 
     def one(b0: int, payload: bytes) -> bytes:
-        masked = kwargs["require_mask"] != draw(st.sampled_from([False] * 9 + [True]))
+        masked = kwargs["require_mask"] != rarely(draw, 40)
         key = draw(st.binary(min_size=4, max_size=4)) if masked else None
         n = len(payload)
-        enc = draw(st.sampled_from([e for e in (None, 7, 16, 64) if e != 7 or n < 126]))
+        enc = draw(st.sampled_from([e for e in (None, None, 7, 16, 64) if e != 7 or n < 126]))
         return raw(b0, payload, mask=key, enc=enc)
 
     def control() -> bytes:
         op = draw(st.sampled_from([PING, PONG, PING, PONG, CLOSE]))
         if op == CLOSE:
-            payload = draw(st.sampled_from(VALID_CLOSE + INVALID_CLOSE))
+            payload = draw(st.sampled_from(VALID_CLOSE * 2 + INVALID_CLOSE))
         else:
-            payload = draw(st.binary(max_size=130))
-        bits = draw(st.sampled_from([FIN] * 12 + [0, FIN | RSV1]))
+            payload = draw(st.binary(max_size=130 if rarely(draw, 10) else 125))
+        bits = draw(st.sampled_from([0, FIN | RSV1])) if rarely(draw, 20) else FIN
         return one(bits | op, payload)
 
     out = []
-    for _ in range(draw(st.integers(0, 6))):
-        kind = draw(st.sampled_from(["message"] * 6 + ["control"] * 2 + ["garbage"]))
+    for _ in range(draw(st.integers(0, 8))):
+        kind = draw(st.sampled_from(["message"] * 10 + ["control"] * 3 + ["garbage"]))
         if kind == "control":
             out.append(control())
         elif kind == "garbage":
             out.append(one(draw(st.integers(0, 255)), draw(st.binary(max_size=20))))
         else:
-            op = draw(st.sampled_from([TEXT, BINARY]))
+            op = draw(st.sampled_from([TEXT, TEXT, BINARY]))
             if op == TEXT:
-                payload = draw(st.one_of(st.text(max_size=60).map(str.encode), utf8ish))
+                payload = draw(st.one_of(st.text(max_size=60).map(str.encode), utf8ish(), utf8ish()))
             else:
                 payload = draw(st.binary(max_size=300))
             cuts = sorted(draw(st.lists(st.integers(0, len(payload)), max_size=3)))
             pieces = [payload[i:j] for i, j in zip([0, *cuts], [*cuts, len(payload)])]
-            rsv1 = draw(st.sampled_from([0] * 5 + [RSV1]))
+            rsv1 = RSV1 if rarely(draw, 6) else 0
             for k, piece in enumerate(pieces):
                 b0 = (FIN if k == len(pieces) - 1 else 0) | (op | rsv1 if k == 0 else CONT)
+                if rarely(draw, 40):
+                    b0 ^= draw(st.sampled_from([FIN, RSV1, RSV2, RSV3, 0x1, 0x2, 0x4, 0x8]))
                 out.append(one(b0, piece))
-                if draw(st.integers(0, 4)) == 0:
+                if rarely(draw, 4):
                     out.append(control())
     return b"".join(out), kwargs
 
@@ -883,7 +922,7 @@ def test_encode_frame_agrees(both: tuple[ModuleType, ModuleType], payload: bytes
 
 
 @settings(max_examples=200, deadline=None)
-@given(data=st.one_of(st.binary(max_size=100), utf8ish,
+@given(data=st.one_of(st.binary(max_size=100), utf8ish(),
                       st.text(max_size=80).map(lambda s: s.encode("utf-8", "surrogatepass"))))
 def test_validate_utf8_agrees(both: tuple[ModuleType, ModuleType], data: bytes) -> None:
     try:
