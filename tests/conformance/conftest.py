@@ -8,13 +8,11 @@ and the rows small enough for it again one byte per TCP write.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
-from tests.conformance.servers import DrainedServer, drained_server
 from tests.conformance.wire import Case
-from tests.conftest import CODECS
 
 #: Rows whose wire is longer than this are not replayed one byte per write
 #: (a 64 KiB row would be 64 Ki syscalls and server wakeups).
@@ -34,11 +32,3 @@ def bytewise(table: Sequence[Case]) -> list[object]:
         if case.bytewise and len(case.full_wire()) <= BYTEWISE_MAX
     ]
 
-
-@pytest.fixture(scope="session", params=CODECS)
-def echo_server(request: pytest.FixtureRequest) -> Iterator[DrainedServer]:
-    """Overrides ``tests/conftest.py::echo_server`` (same params), which hangs:
-    it waits for a start line that ``--log-level warning`` never writes, and
-    leaves the server's log pipe undrained. See /work/notes/bugs.md; remove
-    this override once that is fixed."""
-    yield from drained_server(str(request.param))

@@ -22,10 +22,13 @@ from tests.conformance.wire import (
     echo,
     fails,
     frame,
+    parse_frames,
     ping,
     run_case,
+    send_bytewise,
     text,
 )
+from tests.conftest import UPGRADE, raw_connect, unit
 
 SIZES = [0, 1, 125, 126, 127, 128, 65535, 65536]
 MIB = 2**20  # the server's default max_message_size
@@ -136,3 +139,30 @@ def test_table_is_sane():
     assert text("hello", form=64)[1] == 0xFF and text("hello", form=16)[1] == 0xFE
     assert close(None)[:2] == bytes((0x80 | CLOSE, 0x80))
     assert P(b"") == (0xA, b"")
+
+
+@pytest.mark.parametrize("mode", ["whole", "bytewise"])
+def test_frames_in_the_handshake_write(echo_server, mode):
+    """Frames sent in the same write as the upgrade request (a client need
+    not wait for the 101) are served after it; and a handshake sent one
+    byte per write works too."""
+    sock = raw_connect(echo_server.port)
+    wire = UPGRADE + text("early") + ping(b"p") + close(1000)
+    try:
+        if mode == "bytewise":
+            send_bytewise(sock, wire)
+        else:
+            sock.sendall(wire)
+        data = b""
+        sock.settimeout(unit(5))
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    frames = parse_frames(bytearray(rest))
+    assert [f.brief() for f in frames] == [T("early"), P(b"p"), ("close", 1000)]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conformance.servers import DrainedServer, require_codec
+from tests.conformance.servers import MeasuredServer, require_codec
 from tests.conformance.wire import T, open_ws, read_until_closed, text, close
 from tests.conftest import unit
 
@@ -39,16 +39,16 @@ def _enough_fds() -> None:
 
 
 @pytest.fixture
-def start_server() -> Iterator[Callable[..., DrainedServer]]:
+def start_server() -> Iterator[Callable[..., MeasuredServer]]:
     """``start_server(*cli_args, codec=...)``: a running echo server.
 
     Stopped at teardown; its log must hold no traceback and no ERROR line.
     """
-    servers: list[DrainedServer] = []
+    servers: list[MeasuredServer] = []
 
-    def start(*args: str, codec: str = "compiled") -> DrainedServer:
+    def start(*args: str, codec: str = "compiled") -> MeasuredServer:
         require_codec(codec)
-        server = DrainedServer("--no-access-log", *args, codec=codec).start()
+        server = MeasuredServer("--no-access-log", *args, codec=codec).start()
         servers.append(server)
         return server
 
@@ -72,7 +72,7 @@ def echo_works(port: int) -> None:
     assert [f.brief() for f in reply.frames] == [T("still here?"), ("close", 1000)]
 
 
-def settle_rss(server: DrainedServer, seconds: float = 0.3) -> int:
+def settle_rss(server: MeasuredServer, seconds: float = 0.3) -> int:
     """RSS after the server had a moment to finish what it was doing."""
     time.sleep(seconds)
     return server.rss()
@@ -100,7 +100,7 @@ def report_rss(name: str, codec: str, before: int, after: int, peak: int | None 
 class RssSampler:
     """Samples a server's RSS every 20 ms in a thread; ``peak`` is the max."""
 
-    def __init__(self, server: DrainedServer) -> None:
+    def __init__(self, server: MeasuredServer) -> None:
         import threading
 
         self.server = server
