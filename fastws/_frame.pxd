@@ -75,6 +75,9 @@ cdef class FrameReader:
         bint _finished                 #: after a ProtocolError or the close frame
         Py_ssize_t _consumed           #: out-value of _parse_frame: bytes of the frame it consumed, 0 if it needs more
 
+    # cpdef: the compiled protocol calls these straight through the vtable.
+    cpdef feed_data(self, data)
+    cpdef object next_event(self)
     cdef object _parse_frame(self, const unsigned char* p, Py_ssize_t avail, bint in_buf)
     cdef int _fail(self, int code, str message) except -1
     cdef int _stash_data(self) except -1
@@ -82,3 +85,10 @@ cdef class FrameReader:
     cdef int _msg_reserve(self, Py_ssize_t extra) except -1
     cdef void _buf_emptied(self) noexcept
     cdef void _release_all(self) noexcept
+
+
+cpdef bytes encode_frame(int opcode, object payload, bint fin=*, bint rsv1=*, object mask=*)
+
+
+cdef class FrameWriter:
+    cpdef bytes frame(self, int opcode, object payload, bint fin=*)

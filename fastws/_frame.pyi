@@ -19,6 +19,7 @@ __all__ = [
     "ProtocolError",
     "close_payload",
     "encode_frame",
+    "FrameWriter",
     "parse_close",
     "validate_utf8",
 ]
@@ -131,6 +132,16 @@ def encode_frame(
     opcode, a control frame that is fragmented, has RSV1 or carries more than
     125 bytes, RSV1 on a continuation frame, or a mask that is not 4 bytes.
     """
+
+class FrameWriter:
+    """Frames what the server sends (unmasked), for one connection.
+
+    The compiled protocol calls :meth:`frame` through the vtable; this is
+    where per-connection send state (permessage-deflate) will live.
+    """
+
+    def frame(self, opcode: int, payload: bytes | bytearray | memoryview | str, fin: bool = True) -> bytes:
+        """One unmasked frame: ``encode_frame(opcode, payload, fin)``."""
 
 def close_payload(code: int, reason: str = "") -> bytes:
     """Payload of a close frame: the 2-byte code then the UTF-8 reason.

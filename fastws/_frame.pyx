@@ -283,6 +283,7 @@ cdef object _close_error(int kind, const unsigned char* p):
 
 @cython.final
 @cython.no_gc
+@cython.final
 cdef class FrameReader:
     """Incremental parser of the frames a WebSocket peer sends.
 
@@ -337,7 +338,7 @@ cdef class FrameReader:
             n += self._data_len - self._data_pos
         return n
 
-    def feed_data(self, data):
+    cpdef feed_data(self, data):
         """Append bytes received from the peer; ignored once finished.
 
         A ``bytes`` object that arrives while nothing is buffered is parsed
@@ -364,7 +365,7 @@ cdef class FrameReader:
         if not ok:
             raise MemoryError()
 
-    def next_event(self):
+    cpdef object next_event(self):
         """Return the next complete event, or None until more data arrives.
 
         Raises :class:`ProtocolError` at the first violation; the reader is
@@ -696,7 +697,7 @@ cdef bytes _encode(int opcode, const unsigned char* data, Py_ssize_t n, bint fin
     return frame
 
 
-def encode_frame(int opcode, payload, bint fin=True, bint rsv1=False, mask=None):
+cpdef bytes encode_frame(int opcode, object payload, bint fin=True, bint rsv1=False, object mask=None):
     """Build one frame; ``mask`` (4 bytes) masks it, as a client must."""
     cdef Py_buffer view
     cdef const unsigned char* data
@@ -740,6 +741,20 @@ def encode_frame(int opcode, payload, bint fin=True, bint rsv1=False, mask=None)
         return _encode(opcode, <const unsigned char*>view.buf, view.len, fin, rsv1, key)
     finally:
         PyBuffer_Release(&view)
+
+
+@cython.final
+cdef class FrameWriter:
+    """Frames what the server sends (unmasked), for one connection.
+
+    The compiled protocol holds one and calls :meth:`frame` through the
+    vtable; it is where per-connection send state (permessage-deflate) will
+    live.
+    """
+
+    cpdef bytes frame(self, int opcode, object payload, bint fin=True):
+        """One unmasked frame: ``encode_frame(opcode, payload, fin)``."""
+        return encode_frame(opcode, payload, fin, False, None)
 
 
 def close_payload(int code, str reason=""):

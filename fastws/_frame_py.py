@@ -28,6 +28,7 @@ __all__ = [
     "ProtocolError",
     "close_payload",
     "encode_frame",
+    "FrameWriter",
     "parse_close",
     "validate_utf8",
 ]
@@ -398,6 +399,16 @@ def encode_frame(
     if mask is None:
         return header + data
     return header + key + _unmask(data, key, 0)
+
+
+class FrameWriter:
+    """Frames what the server sends (unmasked), for one connection."""
+
+    __slots__ = ()
+
+    def frame(self, opcode: int, payload: bytes | bytearray | memoryview | str, fin: bool = True) -> bytes:
+        """One unmasked frame: ``encode_frame(opcode, payload, fin)``."""
+        return encode_frame(opcode, payload, fin)
 
 
 def close_payload(code: int, reason: str = "") -> bytes:

@@ -3,6 +3,9 @@
 # (the way aiohttp compiles reader_py.py as reader_c). One source, two
 # builds: FASTWS_NO_EXTENSIONS=1 runs the .py, the wheel runs this.
 
+from fastws._frame cimport FrameReader, FrameWriter
+
+
 cdef class Connection:
     cdef readonly object _server         #: ServerState shared by the server's connections
     cdef readonly object _config         #: the server's frozen Config
@@ -34,7 +37,8 @@ cdef class Connection:
     cdef bint _hs_done
     cdef bytes _url
     cdef list _headers
-    cdef object _reader                  #: FrameReader, frame phase only
+    cdef FrameReader _reader             #: frame phase only (None before)
+    cdef FrameWriter _writer
     cdef object _lost_waiter
     cdef object _public                  #: what user code sees (self, or the coroutine-level wrapper)
     cdef object _has_pending             #: handler hook: messages not yet taken (coroutine level)

@@ -36,7 +36,6 @@ logger = logging.getLogger("fastws")
 access_logger = logging.getLogger("fastws.access")
 
 _frame = _impl.frame
-_encode_frame = _frame.encode_frame
 _close_payload = _frame.close_payload
 _parse_close = _frame.parse_close
 _FrameProtocolError = _frame.ProtocolError
@@ -153,6 +152,7 @@ class Connection:
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._reader: Any = None
+        self._writer = _frame.FrameWriter()
         self._lost_waiter: asyncio.Future[None] | None = None
         self._public: Any = self
         self._has_pending: Callable[[], bool] | None = None
@@ -221,7 +221,7 @@ class Connection:
             opcode = OP_TEXT if type(data) is str or isinstance(data, str) else OP_BINARY
         else:
             opcode = OP_TEXT if text else OP_BINARY
-        self._transport.write(_encode_frame(opcode, data))  # type: ignore[union-attr]
+        self._transport.write(self._writer.frame(opcode, data))  # type: ignore[union-attr]
         if self._write_paused:
             self._check_write_buffer()
 
@@ -229,7 +229,7 @@ class Connection:
         """Send one raw frame (fragmented sends: opcode 0 is continuation)."""
         if self._state != OPEN:
             raise self._closed_exc()
-        self._transport.write(_encode_frame(opcode, data, fin))  # type: ignore[union-attr]
+        self._transport.write(self._writer.frame(opcode, data, fin))  # type: ignore[union-attr]
         if self._write_paused:
             self._check_write_buffer()
 
@@ -237,13 +237,13 @@ class Connection:
         """Send a ping; the pong arrives at the handler's ``on_pong``."""
         if self._state != OPEN:
             raise self._closed_exc()
-        self._transport.write(_encode_frame(OP_PING, data))  # type: ignore[union-attr]
+        self._transport.write(self._writer.frame(OP_PING, data))  # type: ignore[union-attr]
 
     def pong(self, data: str | bytes = b"") -> None:
         """Send an unsolicited pong (a unidirectional heartbeat)."""
         if self._state != OPEN:
             raise self._closed_exc()
-        self._transport.write(_encode_frame(OP_PONG, data))  # type: ignore[union-attr]
+        self._transport.write(self._writer.frame(OP_PONG, data))  # type: ignore[union-attr]
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake.
@@ -582,7 +582,7 @@ class Connection:
                         return
             elif opcode == OP_PING:
                 if self._state == OPEN:
-                    self._transport.write(_encode_frame(OP_PONG, event[1]))  # type: ignore[union-attr]
+                    self._transport.write(self._writer.frame(OP_PONG, event[1]))  # type: ignore[union-attr]
                     if self._on_ping is not None:
                         try:
                             self._on_ping(self, event[1])
@@ -656,7 +656,7 @@ class Connection:
             # A reason over 123 bytes: cut it at a character boundary.
             raw = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
             payload = _close_payload(code, raw)
-        self._transport.write(_encode_frame(OP_CLOSE, payload))  # type: ignore[union-attr]
+        self._transport.write(self._writer.frame(OP_CLOSE, payload))  # type: ignore[union-attr]
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 section 7.1.7): close frame, then TCP."""
