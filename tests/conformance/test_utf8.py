@@ -128,6 +128,22 @@ def _check_samples() -> None:
 
 _check_samples()
 
+# Text near max_message_size (1 MiB), 4-byte characters: the server reads
+# such a frame in several socket reads, cut anywhere inside a character, and
+# checks each part as it comes (fail fast).
+EMOJI_MIB = ("\U0001f600" * 2**18).encode()
+BIG = [
+    echo("big-emoji-1MiB", text(EMOJI_MIB), T(EMOJI_MIB)),
+    echo(
+        "big-emoji-fragments-cut-mid-char",
+        fragments(TEXT, [EMOJI_MIB[:100001], EMOJI_MIB[100001:700003], EMOJI_MIB[700003:]]),
+        T(EMOJI_MIB),
+    ),
+    fails("big-emoji-invalid-last-byte", text(EMOJI_MIB[:-1] + b"\xff"), 1007),
+    fails("big-emoji-truncated-at-end", text(EMOJI_MIB[:-1]), 1007),
+    fails("big-emoji-surrogate-in-middle", text(EMOJI_MIB[:500000] + b"\xed\xa0\x80" + EMOJI_MIB[500003:]), 1007),
+]
+
 SINGLE = [
     *(echo(f"valid-{k}", text(v), T(v)) for k, v in VALID.items()),
     *(fails(f"invalid-{k}", text(v), 1007) for k, v in INVALID.items()),
@@ -143,7 +159,7 @@ SINGLE = [
 ]
 
 
-@pytest.mark.parametrize("case", whole(SINGLE))
+@pytest.mark.parametrize("case", whole(SINGLE + BIG))
 def test_utf8(echo_server, case):
     run_case(echo_server.port, case)
 

@@ -126,28 +126,34 @@ def test_100k_one_byte_fragments_over_max_1009(start_server, codec):
     report_rss("100k one-byte fragments over a 50 kB max, 1009", codec, before, after, sampler.peak)
 
 
-PING = ping(bytes(range(125)))  # 131 bytes on the wire, 127-byte pong back
+FLOOD_PAYLOAD = bytes(range(125))
+#: What a flooding client sends (131 bytes on the wire) and the opcode of
+#: the 127-byte answer it never reads: pings get pongs, messages echoes.
+FLOODS = {"ping": (ping(FLOOD_PAYLOAD), PONG), "echo": (binary(FLOOD_PAYLOAD), BINARY)}
 #: If this much is accepted, the server never stopped reading.
 FLOOD_LIMIT = 256 * MIB
 
 
 @pytest.mark.parametrize("codec", CODECS)
-def test_ping_flood_of_a_client_that_never_reads(start_server, codec):
-    """A client sends pings as fast as it can and never reads the pongs.
+@pytest.mark.parametrize("kind", list(FLOODS))
+def test_flood_of_a_client_that_never_reads(start_server, codec, kind):
+    """A client sends pings (or messages to echo) as fast as it can and
+    never reads the answers.
 
     The server's write buffer passes write_limit (64 KiB), so it stops
     reading from that client: the client's writes stall after the kernel
     buffers fill, the server's memory stays bounded, other clients are
-    served. When the client finally reads, every ping has its pong, in
+    served. When the client finally reads, every request has its answer, in
     order: bounded, but nothing lost.
     """
+    request, answer = FLOODS[kind]
     server = start_server(codec=codec)
     echo_works(server.port)
     before = settle_rss(server, 0.1)
     sock, rest = open_ws(server.port)
     assert not rest
     sock.setblocking(False)
-    burst = PING * 500
+    burst = request * 500
     sent = 0
     stalled_for = 0.0
     try:
@@ -175,15 +181,15 @@ def test_ping_flood_of_a_client_that_never_reads(start_server, codec):
             # Now read: every pong arrives, in order, and the server, its
             # buffer drained, reads the rest of our pings. The last ping may
             # be cut short where the flood stalled: finish it first.
-            tail = PING[sent % len(PING) :] if sent % len(PING) else b""
-            n_pings = (sent + len(tail)) // len(PING)
-            pongs = _drain_pongs(sock, tail + close(1000), n_pings)
+            tail = request[sent % len(request) :] if sent % len(request) else b""
+            n_pings = (sent + len(tail)) // len(request)
+            pongs = _drain_answers(sock, tail + close(1000), n_pings, answer)
         after = settle_rss(server)
     finally:
         sock.close()
     assert pongs == n_pings
     report_rss(
-        "ping flood, client never reads",
+        f"{kind} flood, client never reads",
         codec,
         before,
         after,
@@ -193,9 +199,9 @@ def test_ping_flood_of_a_client_that_never_reads(start_server, codec):
     echo_works(server.port)
 
 
-def _drain_pongs(sock: socket.socket, to_send: bytes, expected: int) -> int:
-    """Read pongs (checking their payload) while sending ``to_send``, until
-    the server's close; return how many pongs arrived."""
+def _drain_answers(sock: socket.socket, to_send: bytes, expected: int, opcode: int) -> int:
+    """Read answers (frames of ``opcode``, payload checked) while sending
+    ``to_send``, until the server's close; return how many arrived."""
     sock.setblocking(False)
     buf = bytearray()
     pongs = 0
@@ -221,8 +227,8 @@ def _drain_pongs(sock: socket.socket, to_send: bytes, expected: int) -> int:
                 break
             buf += got
             for f in parse_frames(buf):
-                if f.opcode == PONG:
-                    assert f.payload == bytes(range(125)), f.payload[:20]
+                if f.opcode == opcode:
+                    assert f.payload == FLOOD_PAYLOAD, f.payload[:20]
                     pongs += 1
                 else:
                     assert f.brief() == ("close", 1000), f.brief()
