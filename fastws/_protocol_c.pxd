@@ -39,6 +39,9 @@ cdef class Connection:
     cdef list _headers
     cdef FrameReader _reader             #: frame phase only (None before)
     cdef FrameWriter _writer
+    cdef list _batch                     #: frames sent while a chunk is processed, or None
+    cdef Py_ssize_t _batch_size          #: bytes in _batch
+    cdef object _loop
     cdef object _lost_waiter
     cdef object _public                  #: what user code sees (self, or the coroutine-level wrapper)
     cdef object _has_pending             #: handler hook: messages not yet taken (coroutine level)

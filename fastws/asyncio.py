@@ -198,6 +198,7 @@ class ServerConnection:
             # two messages must not interleave (RFC 6455 section 5.4).
             await asyncio.shield(self._fragmenting)
         if isinstance(message, (str, bytes, bytearray, memoryview)):
+            conn.cork()
             conn.send(message, text)
         elif isinstance(message, dict):
             raise TypeError("data is a dict-like object")
@@ -511,7 +512,7 @@ def broadcast(
                 logger.warning("conn %d: skipped broadcast: sending a fragmented message", conn._num)
             continue
         try:
-            conn._transport.write(frame)  # type: ignore[union-attr]
+            conn._write(frame)
             if conn._write_paused:
                 conn._check_write_buffer()
         except Exception as exc:

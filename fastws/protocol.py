@@ -153,6 +153,9 @@ class Connection:
         self._headers: list[tuple[str, str]] = []
         self._reader: Any = None
         self._writer = _frame.FrameWriter()
+        self._batch: list[bytes] | None = None
+        self._batch_size = 0
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._lost_waiter: asyncio.Future[None] | None = None
         self._public: Any = self
         self._has_pending: Callable[[], bool] | None = None
@@ -221,7 +224,7 @@ class Connection:
             opcode = OP_TEXT if type(data) is str or isinstance(data, str) else OP_BINARY
         else:
             opcode = OP_TEXT if text else OP_BINARY
-        self._transport.write(self._writer.frame(opcode, data))  # type: ignore[union-attr]
+        self._write(self._writer.frame(opcode, data))
         if self._write_paused:
             self._check_write_buffer()
 
@@ -229,7 +232,7 @@ class Connection:
         """Send one raw frame (fragmented sends: opcode 0 is continuation)."""
         if self._state != OPEN:
             raise self._closed_exc()
-        self._transport.write(self._writer.frame(opcode, data, fin))  # type: ignore[union-attr]
+        self._write(self._writer.frame(opcode, data, fin))
         if self._write_paused:
             self._check_write_buffer()
 
@@ -237,13 +240,13 @@ class Connection:
         """Send a ping; the pong arrives at the handler's ``on_pong``."""
         if self._state != OPEN:
             raise self._closed_exc()
-        self._transport.write(self._writer.frame(OP_PING, data))  # type: ignore[union-attr]
+        self._write(self._writer.frame(OP_PING, data))
 
     def pong(self, data: str | bytes = b"") -> None:
         """Send an unsolicited pong (a unidirectional heartbeat)."""
         if self._state != OPEN:
             raise self._closed_exc()
-        self._transport.write(self._writer.frame(OP_PONG, data))  # type: ignore[union-attr]
+        self._write(self._writer.frame(OP_PONG, data))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake.
@@ -299,6 +302,7 @@ class Connection:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
         self.remote_address = transport.get_extra_info("peername")
         self.local_address = transport.get_extra_info("sockname")
         transport.set_write_buffer_limits(high=self._config.write_limit)  # type: ignore[attr-defined]
@@ -559,6 +563,64 @@ class Connection:
     # -- frame phase ----------------------------------------------------
 
     def _frames_received(self, data: bytes) -> None:
+        # Everything the handlers send while this chunk is processed goes out
+        # in one write: a pipelining client costs one syscall per read, not
+        # one per message. (If the coroutine level already corked the
+        # connection, its scheduled flush covers this chunk too.)
+        if self._batch is not None:
+            self._process_frames(data)
+            return
+        self._batch = []
+        try:
+            self._process_frames(data)
+        finally:
+            self._flush()
+
+    def cork(self) -> None:
+        """Batch what is sent until the end of this event-loop iteration.
+
+        The coroutine level corks on each send, so the messages many tasks
+        send in one iteration leave in one write per connection.
+        """
+        if self._batch is None:
+            self._batch = []
+            self._loop.call_soon(self._flush)
+
+    def _write(self, data: bytes) -> None:
+        """Write now, or add to the batch (written at write_limit bytes)."""
+        batch = self._batch
+        if batch is None:
+            self._transport.write(data)  # type: ignore[union-attr]
+            return
+        batch.append(data)
+        self._batch_size += len(data)
+        if self._batch_size >= self._config.write_limit:
+            # Keep a batch small enough that flow control still sees it.
+            self._write_batch()
+
+    def _write_batch(self) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        self._batch_size = 0
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if len(batch) == 1:
+            transport.write(batch[0])
+        else:
+            transport.writelines(batch)  # uvloop: one writev, no join copy
+        if self._write_paused:
+            self._check_write_buffer()
+
+    def _flush(self) -> None:
+        """Write the batch (if any) and stop batching."""
+        if self._batch is not None:
+            self._write_batch()
+            self._batch = None
+
+    def _process_frames(self, data: bytes) -> None:
         reader = self._reader
         reader.feed_data(data)
         while True:
@@ -582,7 +644,7 @@ class Connection:
                         return
             elif opcode == OP_PING:
                 if self._state == OPEN:
-                    self._transport.write(self._writer.frame(OP_PONG, event[1]))  # type: ignore[union-attr]
+                    self._write(self._writer.frame(OP_PONG, event[1]))
                     if self._on_ping is not None:
                         try:
                             self._on_ping(self, event[1])
@@ -644,6 +706,7 @@ class Connection:
         # The server closes TCP first (RFC 6455 section 7.1.1); close()
         # flushes what is buffered, the close frame included.
         self._cancel_timer()
+        self._flush()
         self._transport.close()  # type: ignore[union-attr]
 
     def _send_close(self, code: int, reason: str) -> None:
@@ -656,7 +719,7 @@ class Connection:
             # A reason over 123 bytes: cut it at a character boundary.
             raw = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
             payload = _close_payload(code, raw)
-        self._transport.write(self._writer.frame(OP_CLOSE, payload))  # type: ignore[union-attr]
+        self._write(self._writer.frame(OP_CLOSE, payload))
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 section 7.1.7): close frame, then TCP."""
@@ -665,6 +728,7 @@ class Connection:
             self._send_close(code, reason)
         self._state = CLOSING
         self._cancel_timer()
+        self._flush()
         self._transport.close()  # type: ignore[union-attr]
 
     def _user_error(self, where: str) -> None:
