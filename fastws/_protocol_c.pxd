@@ -3,9 +3,15 @@
 # (the way aiohttp compiles reader_py.py as reader_c). One source, two
 # builds: FASTWS_NO_EXTENSIONS=1 runs the .py, the wheel runs this.
 
+cimport cython
+
 from fastws._frame cimport FrameReader, FrameWriter
 
+# Opcodes as C ints, so the event dispatch compares machine integers.
+cdef int OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG
 
+
+@cython.final
 cdef class Connection:
     cdef readonly object _server         #: ServerState shared by the server's connections
     cdef readonly object _config         #: the server's frozen Config
@@ -46,3 +52,11 @@ cdef class Connection:
     cdef object _public                  #: what user code sees (self, or the coroutine-level wrapper)
     cdef object _has_pending             #: handler hook: messages not yet taken (coroutine level)
     cdef readonly object _deferred       #: (action, args) of a close held back by _defer, or None
+
+    # The per-message path: C calls between these, typed locals.
+    cpdef _frames_received(self, bytes data)
+    @cython.locals(reader=FrameReader, event=tuple, opcode=int)
+    cpdef _process_frames(self, bytes data)
+    cpdef _write(self, bytes data)
+    cpdef _write_batch(self)
+    cpdef _flush(self)
