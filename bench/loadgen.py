@@ -7,8 +7,8 @@ with one new message, so the server always has work queued. After
 
 - messages/s (echoes received in the window / window length);
 - round-trip latency percentiles of each message (send timestamps wait in a
-  per-connection deque; the echo pops the oldest: echo servers answer in
-  order);
+  per-connection deque, run-length coded as one ``[count, time]`` per write;
+  an echo pops the oldest: echo servers answer in order);
 - CPU seconds of the load generator itself (``getrusage``) and of the server
   (``psutil`` on ``--server-pid``, children included), the server's RSS, and
   messages per server CPU-second: the figure that does not care how busy the
@@ -43,7 +43,6 @@ from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -149,7 +148,10 @@ class _Shared:
         "mask",
         "recording",
         "received",
-        "rtts",
+        "reads",
+        "rtt_values",
+        "rtt_counts",
+        "expected",
         "mismatches",
         "protocol_errors",
         "lost",
@@ -172,7 +174,11 @@ class _Shared:
         self.batches = [self.frame * k for k in range(kmax + 1)]
         self.recording = False
         self.received = 0
-        self.rtts = array("d")
+        self.reads = 0  #: data_received calls with frames (batching diagnostic)
+        #: Round trips, run-length coded: rtt_counts[i] messages took rtt_values[i] s.
+        self.rtt_values = array("d")
+        self.rtt_counts = array("I")
+        self.expected = (self.opcode, self.payload)
         self.mismatches = 0
         self.protocol_errors = 0
         self.lost = 0
@@ -199,7 +205,10 @@ class EchoClient(asyncio.Protocol):
         "opened",
         "closed",
         "reader",
+        "feed_data",
+        "next_event",
         "sent",
+        "in_flight",
         "sending",
         "is_open",
         "closing",
@@ -218,7 +227,11 @@ class EchoClient(asyncio.Protocol):
         self.opened = opened
         self.closed = closed
         self.reader: Any = None
-        self.sent: deque[float] = deque()
+        self.feed_data: Any = None
+        self.next_event: Any = None
+        #: Runs of messages in flight: [count, send time], oldest first.
+        self.sent: deque[list[Any]] = deque()
+        self.in_flight = 0
         self.sending = False
         self.is_open = False
         self.closing = False
@@ -272,6 +285,8 @@ class EchoClient(asyncio.Protocol):
             self._refuse(f"bad Sec-WebSocket-Accept {accept!r}")
             return
         self.reader = _frame.FrameReader(require_mask=False, max_message_size=None)
+        self.feed_data = self.reader.feed_data
+        self.next_event = self.reader.next_event
         self.is_open = True
         self.opened.set_result(None)
         if rest:
@@ -288,68 +303,93 @@ class EchoClient(asyncio.Protocol):
         """Put ``pipeline`` messages in flight."""
         self.sending = True
         self.transport.write(self.shared.batch(pipeline))
-        self.sent.extend(repeat(now, pipeline))
+        self.sent.append([pipeline, now])
+        self.in_flight = pipeline
 
     def _frames(self, data: bytes) -> None:
         now = time.perf_counter()
         shared = self.shared
-        reader = self.reader
-        reader.feed_data(data)
-        expected = shared.payload
-        opcode = shared.opcode
+        shared.reads += 1
+        next_event = self.next_event
+        self.feed_data(data)
+        # One C-level compare checks the opcode and every payload byte.
+        expected = shared.expected
         n = 0
         while True:
             try:
-                event = reader.next_event()
+                event = next_event()
             except _frame.ProtocolError as exc:
                 shared.protocol_errors += 1
                 shared.error(f"protocol error {exc.code}: {exc}")
                 self.closing = True
                 self.transport.abort()
                 return
-            if event is None:
-                break
-            op = event[0]
-            if op == opcode:
+            if event == expected:
                 n += 1
-                if event[1] != expected:
-                    shared.mismatches += 1
-                    shared.error(f"echo differs from the message sent ({len(event[1])} bytes)")
-            elif op == OP_PING:
-                self.transport.write(_frame.encode_frame(OP_PONG, event[1], mask=shared.mask))
-            elif op == OP_PONG:
-                pass
-            elif op == OP_CLOSE:
-                if not self.closing:
-                    shared.unexpected_closes += 1
-                    shared.error(f"server closed the connection: {_frame.parse_close(event[1])}")
-                    self.closing = True
-                    self.transport.write(_frame.encode_frame(OP_CLOSE, event[1][:2], mask=shared.mask))
-                self.sending = False
+            elif event is None:
                 break
-            else:
-                n += 1
-                shared.mismatches += 1
-                shared.error(f"echo has opcode {op:#x}, sent {opcode:#x}")
+            elif not self._unusual(event):
+                break
+            elif event[0] == OP_TEXT or event[0] == OP_BINARY:
+                n += 1  # a wrong echo, counted by _unusual
         if n:
-            sent = self.sent
-            if n > len(sent):
-                shared.mismatches += n - len(sent)
-                shared.error(f"{n - len(sent)} more echoes than messages sent")
-                n = len(sent)
-            popleft = sent.popleft
-            if shared.recording:
-                append = shared.rtts.append
-                for _ in range(n):
-                    append(now - popleft())
+            self._echoed(n, now)
+
+    def _unusual(self, event: tuple[int, bytes]) -> bool:
+        """Handle an event that is not the expected echo; False: stop reading."""
+        shared = self.shared
+        op = event[0]
+        if op == OP_PING:
+            self.transport.write(_frame.encode_frame(OP_PONG, event[1], mask=shared.mask))
+        elif op == OP_PONG:
+            pass
+        elif op == OP_CLOSE:
+            if not self.closing:
+                shared.unexpected_closes += 1
+                shared.error(f"server closed the connection: {_frame.parse_close(event[1])}")
+                self.closing = True
+                self.transport.write(_frame.encode_frame(OP_CLOSE, event[1][:2], mask=shared.mask))
+            self.sending = False
+            return False
+        else:
+            shared.mismatches += 1
+            if op != shared.opcode:
+                shared.error(f"echo has opcode {op:#x}, sent {shared.opcode:#x}")
             else:
-                for _ in range(n):
-                    popleft()
-            shared.received += n
-            if self.sending:
-                batches = shared.batches
-                self.transport.write(batches[n] if n < len(batches) else shared.frame * n)
-                sent.extend(repeat(now, n))
+                shared.error(f"echo differs from the message sent ({len(event[1])} bytes)")
+        return True
+
+    def _echoed(self, n: int, now: float) -> None:
+        """``n`` echoes arrived at ``now``: time them, send ``n`` more."""
+        shared = self.shared
+        if n > self.in_flight:
+            shared.mismatches += n - self.in_flight
+            shared.error(f"{n - self.in_flight} more echoes than messages sent")
+            n = self.in_flight
+        self.in_flight -= n
+        shared.received += n
+        # Send times are run-length coded, [count, time] per write: echoes
+        # come back in order, so the oldest run is the one being answered.
+        sent = self.sent
+        record = shared.recording
+        left = n
+        while left:
+            run = sent[0]
+            k = run[0]
+            if k > left:
+                run[0] = k - left
+                k = left
+            else:
+                sent.popleft()
+            left -= k
+            if record:
+                shared.rtt_values.append(now - run[1])
+                shared.rtt_counts.append(k)
+        if self.sending:
+            batches = shared.batches
+            self.transport.write(batches[n] if n < len(batches) else shared.frame * n)
+            sent.append([n, now])
+            self.in_flight += n
 
     def stop(self) -> None:
         """Stop sending and start the closing handshake (1000)."""
@@ -364,10 +404,12 @@ class ProcResult:
     """What one load-generator process measured in its window."""
 
     messages: int = 0
+    reads: int = 0
     window: float = 0.0
     cpu: float = 0.0
     conns: int = 0
-    rtts: bytes = b""
+    rtt_values: bytes = b""  #: array("d") bytes
+    rtt_counts: bytes = b""  #: array("I") bytes
     errors: dict[str, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
     fatal: str | None = None
@@ -423,12 +465,14 @@ async def _drive(
         on_window("start")
     cpu0 = _self_cpu()
     count0 = shared.received
+    reads0 = shared.reads
     shared.recording = True
     t0 = time.perf_counter()
     await asyncio.sleep(cfg.duration)
     t1 = time.perf_counter()
     shared.recording = False
     count1 = shared.received
+    reads1 = shared.reads
     cpu1 = _self_cpu()
     if on_window is not None:
         on_window("end")
@@ -451,10 +495,12 @@ async def _drive(
     }
     return ProcResult(
         messages=count1 - count0,
+        reads=reads1 - reads0,
         window=t1 - t0,
         cpu=cpu1 - cpu0,
         conns=len(clients),
-        rtts=shared.rtts.tobytes(),
+        rtt_values=shared.rtt_values.tobytes(),
+        rtt_counts=shared.rtt_counts.tobytes(),
         errors={k: v for k, v in errors.items() if v},
         error_samples=shared.error_samples,
     )
@@ -560,11 +606,21 @@ def _machine_busy() -> float:
     return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0))
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return math.nan
-    k = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
-    return sorted_values[k]
+def _percentiles(ordered: list[tuple[float, int]], qs: list[float]) -> list[float]:
+    """Quantiles of run-length coded samples sorted by value (nan if none)."""
+    total = sum(c for _, c in ordered)
+    if not total:
+        return [math.nan] * len(qs)
+    out = []
+    i = 0
+    seen = 0
+    for q in sorted(qs):
+        rank = min(total, max(1, math.ceil(q * total)))
+        while seen + ordered[i][1] < rank:
+            seen += ordered[i][1]
+            i += 1
+        out.append(ordered[i][0])
+    return out
 
 
 def _summarise(
@@ -579,10 +635,13 @@ def _summarise(
     good = [r for r in results if not r.fatal]
     messages = sum(r.messages for r in good)
     window = max((r.window for r in good), default=0.0)
-    rtts = array("d")
+    values = array("d")
+    counts = array("I")
     for r in good:
-        rtts.frombytes(r.rtts)
-    ordered = sorted(rtts)
+        values.frombytes(r.rtt_values)
+        counts.frombytes(r.rtt_counts)
+    ordered = sorted(zip(values, counts))
+    quantiles = _percentiles(ordered, [0.50, 0.90, 0.99, 0.999, 1.0])
     errors: dict[str, int] = {}
     samples_text: list[str] = []
     for r in good:
@@ -608,13 +667,10 @@ def _summarise(
         "messages": messages,
         "msgs_per_s": messages / window if window else 0.0,
         "mbytes_per_s": messages * cfg.size / window / 1e6 if window else 0.0,
-        "latency_ms": {
-            "p50": _percentile(ordered, 0.50) * 1e3,
-            "p90": _percentile(ordered, 0.90) * 1e3,
-            "p99": _percentile(ordered, 0.99) * 1e3,
-            "p999": _percentile(ordered, 0.999) * 1e3,
-            "max": (ordered[-1] * 1e3) if ordered else math.nan,
-        },
+        # Echoes per read on the client: how much both sides batch (each
+        # read and write is a system call, the main cost of small messages).
+        "echoes_per_read": messages / reads if (reads := sum(r.reads for r in good)) else 0.0,
+        "latency_ms": dict(zip(("p50", "p90", "p99", "p999", "max"), (x * 1e3 for x in quantiles))),
         "loadgen_cpu_s": loadgen_cpu,
         "loadgen_cpu_pct": 100 * loadgen_cpu / window if window else 0.0,
         "loadgen_cores": loadgen_capacity,
@@ -659,7 +715,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"  scenario    pipelined echo: {r['conns']} conns x {r['pipeline']} in flight x {r['size']} B "
         f"{'text' if r['text'] else 'binary'}; {r['procs']} load process(es); client codec {r['client_codec']}",
         f"  window      {r['window_s']:.2f} s after {r['warmup_s']:g} s warmup; {r['conns_open']} connections open",
-        f"  throughput  {_fmt_num(r['msgs_per_s'])} msg/s  ({r['mbytes_per_s']:.1f} MB/s of payload each way)",
+        f"  throughput  {_fmt_num(r['msgs_per_s'])} msg/s  ({r['mbytes_per_s']:.1f} MB/s of payload each way; "
+        f"{r['echoes_per_read']:.1f} echoes per client read)",
         f"  latency     p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  "
         f"p99.9 {lat['p999']:.3f}  max {lat['max']:.3f} ms",
         f"  loadgen CPU {r['loadgen_cpu_s']:.2f} s = {r['loadgen_cpu_pct']:.0f}% of one core "

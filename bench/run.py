@@ -78,6 +78,13 @@ def _version(dist: str) -> str:
         return "-"
 
 
+def fastws_build() -> str:
+    """Commit plus the compiled modules' mtimes: changes if fastws is
+    rebuilt or committed to while a comparison runs (a shared checkout)."""
+    stamps = sorted(f"{p.name}:{int(p.stat().st_mtime)}" for p in (ROOT / "fastws").glob("*.so"))
+    return (_git("rev-parse", "--short", "HEAD") or "?") + " " + ",".join(stamps)
+
+
 def describe_machine() -> dict[str, Any]:
     """Date, commit, CPU, cores, kernel and library versions of this run."""
     from fastws import _impl
@@ -504,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress.start(f"round {rnd}/{opts.rounds}  {name}: running ~{opts.warmup + opts.duration:g} s")
                 row = run_one(name, opts, server_cpus, loadgen_cpus)
                 row["round"] = rnd
+                row["fastws_build"] = fastws_build()
                 row["machine_busy_before_pct"] = idle_busy
                 runs.append(row)
                 if row.get("fatal"):
@@ -518,6 +526,12 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = summarise(runs, servers)
     text = format_header(meta, opts, pin_text) + "\n\n" + format_table(summary, opts.reference, opts.second)
+    builds = sorted({r["fastws_build"] for r in runs})
+    if len(builds) > 1:
+        text += (
+            f"\nWARNING fastws was rebuilt or committed to during this comparison ({len(builds)} builds seen: "
+            f"{' | '.join(b.split()[0] for b in builds)}); its rounds mix versions - run again"
+        )
     print(text)
     config = {k: v for k, v in vars(opts).items() if k not in ("server_cpus", "loadgen_cpus")}
     config.update(server_cpus=sorted(server_cpus or []), loadgen_cpus=sorted(loadgen_cpus or []), servers=servers)
