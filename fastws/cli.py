@@ -21,7 +21,7 @@ import sys
 from typing import Any, NoReturn
 
 from . import __version__, _impl
-from .config import DEFAULTS
+from .config import DEFAULTS, Config
 from .server import resolve_handler, serve
 
 logger = logging.getLogger("fastws")
@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"largest message in bytes, e.g. 1MiB; 'none' for no limit (default: {DEFAULTS.max_message_size})",
     )
     s.add_argument("--max-header-size", type=_size, default=DEFAULTS.max_header_size, help=f"largest handshake header block (default: {DEFAULTS.max_header_size})")
+    s.add_argument("--write-limit", type=_size, default=DEFAULTS.write_limit, help=f"write buffer high-water mark per connection; above it reading from that peer pauses (default: {DEFAULTS.write_limit})")
+    s.add_argument("--max-write-buffer", type=_size, default=DEFAULTS.max_write_buffer, help=f"write buffer cap per connection; a peer that lets more pile up is dropped; 'none' for no cap (default: {DEFAULTS.max_write_buffer})")
     s.add_argument("--ws-max-queue", dest="max_queue", type=lambda t: None if t == "none" else int(t), default=DEFAULTS.max_queue, help=f"coroutine level: queued messages before reading pauses (default: {DEFAULTS.max_queue})")
     s.add_argument("--ws-ping-interval", dest="ping_interval", type=_seconds, default=DEFAULTS.ping_interval, help=f"coroutine level: seconds between keepalive pings (default: {DEFAULTS.ping_interval})")
     s.add_argument("--ws-ping-timeout", dest="ping_timeout", type=_seconds, default=DEFAULTS.ping_timeout, help=f"coroutine level: seconds to wait for a pong (default: {DEFAULTS.ping_timeout})")
@@ -143,11 +145,14 @@ def _run_loop(loop_name: str, coro: Any) -> None:
         asyncio.run(coro)
 
 
-async def _serve(args: argparse.Namespace, handler: Any, *, reuse_port: bool, announce: bool) -> None:
-    config = DEFAULTS.replace(
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The server Config that ``fastws serve`` flags describe."""
+    return DEFAULTS.replace(
         max_message_size=args.max_message_size,
         max_header_size=args.max_header_size or DEFAULTS.max_header_size,
         max_queue=args.max_queue,
+        write_limit=args.write_limit or DEFAULTS.write_limit,
+        max_write_buffer=args.max_write_buffer,
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
         open_timeout=args.open_timeout,
@@ -155,6 +160,10 @@ async def _serve(args: argparse.Namespace, handler: Any, *, reuse_port: bool, an
         backlog=args.backlog,
         access_log=args.access_log,
     )
+
+
+async def _serve(args: argparse.Namespace, handler: Any, *, reuse_port: bool, announce: bool) -> None:
+    config = config_from_args(args)
     if args.uds:
         server = await serve(handler, path=args.uds, config=config)
         where = f"unix:{args.uds}"
