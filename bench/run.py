@@ -78,13 +78,6 @@ def _version(dist: str) -> str:
         return "-"
 
 
-def fastws_build() -> str:
-    """Commit plus the compiled modules' mtimes: changes if fastws is
-    rebuilt or committed to while a comparison runs (a shared checkout)."""
-    stamps = sorted(f"{p.name}:{int(p.stat().st_mtime)}" for p in (ROOT / "fastws").glob("*.so"))
-    return (_git("rev-parse", "--short", "HEAD") or "?") + " " + ",".join(stamps)
-
-
 def describe_machine() -> dict[str, Any]:
     """Date, commit, CPU, cores, kernel and library versions of this run."""
     from fastws import _impl
@@ -123,8 +116,8 @@ def _pinner(cpus: set[int] | None) -> Any:
     return pin
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Wait for the server's ``ready`` line on its stdout."""
+def _wait_ready(proc: subprocess.Popen[bytes], timeout: float) -> str | None:
+    """Wait for the server's ``ready`` line on its stdout; return it."""
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -136,13 +129,14 @@ def _wait_ready(proc: subprocess.Popen[bytes], timeout: float) -> bool:
                 break
             chunk = os.read(proc.stdout.fileno(), 4096)
             if not chunk:
-                return False  # exited
+                return None  # exited
             buf += chunk
-            if b"ready" in buf:
-                return True
+            if b"ready" in buf and b"\n" in buf[buf.index(b"ready") :]:
+                start = buf.index(b"ready")
+                return buf[start : buf.index(b"\n", start)].decode("utf-8", "replace")
     finally:
         sel.close()
-    return False
+    return None
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int | None:
@@ -182,9 +176,11 @@ def run_one(server: str, opts: argparse.Namespace, server_cpus: set[int] | None,
             preexec_fn=_pinner(server_cpus),
         )
         try:
-            if not _wait_ready(proc, 20):
+            ready = _wait_ready(proc, 20)
+            if ready is None:
                 row["fatal"] = [f"server did not start (exit status {proc.poll()})"]
             else:
+                row["fastws_build"] = ready.rpartition("fastws-build=")[2] or "-"
                 cmd = [
                     sys.executable, "-m", "bench.loadgen", url,
                     "--conns", str(opts.conns), "--pipeline", str(opts.pipeline), "--size", str(opts.size),
@@ -342,7 +338,7 @@ def format_header(meta: dict[str, Any], opts: argparse.Namespace, pin_text: str)
         f"{'text' if opts.text else 'binary'}; {opts.rounds} interleaved rounds x {opts.duration:g} s "
         f"(+{opts.warmup:g} s warmup); medians of rounds",
         f"date {meta['date']}  commit {meta['commit']}  fastws codec {meta['fastws_codec']}, "
-        f"protocol {meta['fastws_protocol']}",
+        f"protocol {meta['fastws_protocol']}, build {meta.get('fastws_build', '-')}",
         f"machine {meta['cpu']}, {meta['cores']} cores, {meta['kernel']}, Python {meta['python']}",
         f"{pin_text}; loadgen: {opts.procs} process(es)",
         "versions " + " ".join(f"{k} {val}" for k, val in v.items()),
@@ -511,7 +507,6 @@ def main(argv: list[str] | None = None) -> int:
                 progress.start(f"round {rnd}/{opts.rounds}  {name}: running ~{opts.warmup + opts.duration:g} s")
                 row = run_one(name, opts, server_cpus, loadgen_cpus)
                 row["round"] = rnd
-                row["fastws_build"] = fastws_build()
                 row["machine_busy_before_pct"] = idle_busy
                 runs.append(row)
                 if row.get("fatal"):
@@ -524,13 +519,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         progress.close()
 
+    meta["fastws_build"] = ",".join(sorted({r.get("fastws_build", "-") for r in runs} - {"-"})) or "-"
     summary = summarise(runs, servers)
     text = format_header(meta, opts, pin_text) + "\n\n" + format_table(summary, opts.reference, opts.second)
-    builds = sorted({r["fastws_build"] for r in runs})
+    builds = sorted({r.get("fastws_build", "-") for r in runs} - {"-"})
     if len(builds) > 1:
         text += (
-            f"\nWARNING fastws was rebuilt or committed to during this comparison ({len(builds)} builds seen: "
-            f"{' | '.join(b.split()[0] for b in builds)}); its rounds mix versions - run again"
+            f"\nWARNING the fastws code changed during this comparison ({len(builds)} builds seen: "
+            f"{', '.join(builds)}); its rounds mix versions - run again"
         )
     print(text)
     config = {k: v for k, v in vars(opts).items() if k not in ("server_cpus", "loadgen_cpus")}

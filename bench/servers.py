@@ -14,13 +14,15 @@ All echo text as text and binary as binary, accept any path, answer a close
 frame, negotiate no extension (the load generator offers none), log only
 errors, and allow messages up to ``--max-size`` bytes (16 MiB by default, so
 that large-message runs are not refused by one server's smaller default).
-Each prints one ``ready`` line on stdout once it listens.
+Each prints one ``ready`` line on stdout once it listens, with a fingerprint
+of the fastws code it loaded (``fastws-build=...``, ``-`` for the peers).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import signal
 import sys
@@ -123,9 +125,26 @@ SERVERS: dict[str, Callable[[str, int, int], Awaitable[Any]]] = {
 }
 
 
+def loaded_fastws_digest() -> str:
+    """Fingerprint of the fastws code this process runs: a hash of every
+    loaded ``fastws`` module file (sources and compiled extensions), so a
+    comparison on a shared checkout can tell if fastws changed between runs.
+    ``-`` when fastws is not loaded."""
+    files: list[str] = sorted(
+        {f for name, m in list(sys.modules.items()) if name.split(".")[0] == "fastws" and (f := getattr(m, "__file__", None))}
+    )
+    if not files:
+        return "-"
+    h = hashlib.sha1()
+    for path in files:
+        with open(path, "rb") as f:
+            h.update(path.encode() + b"\0" + f.read())
+    return h.hexdigest()[:12]
+
+
 async def _run(name: str, host: str, port: int, max_size: int) -> None:
     keep = await SERVERS[name](host, port, max_size)
-    print(f"ready {name} ws://{host}:{port}/", flush=True)
+    print(f"ready {name} ws://{host}:{port}/ fastws-build={loaded_fastws_digest()}", flush=True)
     stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_signal() -> None:
