@@ -3,7 +3,7 @@
 Flags are named like uvicorn's where they mean the same (``--host``,
 ``--port``, ``--uds``, ``--workers``, ``--loop``, ``--log-level``,
 ``--backlog``, ``--no-access-log``, ``--ws-max-size``, ``--ws-max-queue``,
-``--ws-ping-interval``, ``--ws-ping-timeout``,
+``--ws-ping-interval``, ``--ws-ping-timeout``, ``--ws-per-message-deflate``,
 ``--timeout-graceful-shutdown``); every default comes from
 :class:`fastws.Config`.
 """
@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ws-max-queue", dest="max_queue", type=lambda t: None if t == "none" else int(t), default=DEFAULTS.max_queue, help=f"coroutine level: queued messages before reading pauses (default: {DEFAULTS.max_queue})")
     s.add_argument("--ws-ping-interval", dest="ping_interval", type=_seconds, default=DEFAULTS.ping_interval, help=f"coroutine level: seconds between keepalive pings (default: {DEFAULTS.ping_interval})")
     s.add_argument("--ws-ping-timeout", dest="ping_timeout", type=_seconds, default=DEFAULTS.ping_timeout, help=f"coroutine level: seconds to wait for a pong (default: {DEFAULTS.ping_timeout})")
+    s.add_argument(
+        "--ws-per-message-deflate",
+        dest="per_message_deflate",
+        type=str.lower,
+        choices=("true", "false"),
+        default="true" if DEFAULTS.compression is not None else "false",
+        help="negotiate permessage-deflate compression with clients that offer it "
+        f"(default: {'true' if DEFAULTS.compression is not None else 'false'})",
+    )
     s.add_argument("--open-timeout", type=_seconds, default=DEFAULTS.open_timeout, help=f"seconds to complete the handshake (default: {DEFAULTS.open_timeout})")
     s.add_argument("--timeout-graceful-shutdown", "--close-timeout", dest="close_timeout", type=_seconds, default=DEFAULTS.close_timeout, help=f"seconds to wait for clients to close on shutdown (default: {DEFAULTS.close_timeout})")
     return parser
@@ -159,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         close_timeout=args.close_timeout,
         backlog=args.backlog,
         access_log=args.access_log,
+        compression=(DEFAULTS.compression or "deflate") if args.per_message_deflate == "true" else None,
     )
 
 

@@ -47,6 +47,42 @@ class Config:
     server_header: str | None = "fastws"
     #: Log one line per connection (logger ``fastws.access``).
     access_log: bool = True
+    #: Negotiate permessage-deflate (RFC 7692) with clients that offer it:
+    #: ``"deflate"``, or ``None`` to decline every offer. docs/compression.md.
+    compression: str | None = "deflate"
+    #: permessage-deflate: LZ77 window of the server's compressor, as log2
+    #: bytes (8-15; 12 = 4 KiB). A client may ask for less, never more.
+    deflate_server_max_window_bits: int = 12
+    #: Window asked of clients that allow it (8-15); ``None``: don't ask
+    #: (they may use 15, and the server inflates with a 32 KiB window).
+    deflate_client_max_window_bits: int | None = 12
+    #: Reset the compressor (server) / ask clients to reset theirs after
+    #: every message: zlib memory is then freed between messages, at the
+    #: cost of compression across similar messages.
+    deflate_server_no_context_takeover: bool = False
+    deflate_client_no_context_takeover: bool = False
+    #: zlib compression level (0-9, -1 = zlib's default 6) and memLevel (1-9;
+    #: 5 = a 16 KiB hash table) of the server's compressor.
+    deflate_level: int = 6
+    deflate_mem_level: int = 5
+    #: Messages shorter than this (bytes) are sent uncompressed, which RFC
+    #: 7692 allows for any message.
+    deflate_min_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.compression not in (None, "deflate"):
+            raise ValueError(f"unsupported compression: {self.compression!r} (use 'deflate' or None)")
+        if not 8 <= self.deflate_server_max_window_bits <= 15:
+            raise ValueError("deflate_server_max_window_bits must be between 8 and 15")
+        bits = self.deflate_client_max_window_bits
+        if bits is not None and not 8 <= bits <= 15:
+            raise ValueError("deflate_client_max_window_bits must be between 8 and 15, or None")
+        if not -1 <= self.deflate_level <= 9:
+            raise ValueError("deflate_level must be between -1 and 9")
+        if not 1 <= self.deflate_mem_level <= 9:
+            raise ValueError("deflate_mem_level must be between 1 and 9")
+        if self.deflate_min_size < 0:
+            raise ValueError("deflate_min_size must be >= 0")
 
     def replace(self, **changes: object) -> "Config":
         """A copy with some options changed."""
