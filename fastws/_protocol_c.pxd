@@ -9,6 +9,8 @@ from fastws._frame cimport FrameReader, FrameWriter
 
 # Opcodes as C ints, so the event dispatch compares machine integers.
 cdef int OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG
+# OR'd into a message event's opcode by the reader when it is compressed.
+cdef int FLAG_RSV1
 
 
 @cython.final
@@ -45,6 +47,7 @@ cdef class Connection:
     cdef list _headers
     cdef FrameReader _reader             #: frame phase only (None before)
     cdef FrameWriter _writer
+    cdef public object _deflate          #: compression.PerMessageDeflate once negotiated, else None (send() tests only this)
     cdef list _batch                     #: frames sent while a chunk is processed, or None
     cdef Py_ssize_t _batch_size          #: bytes in _batch
     cdef object _loop

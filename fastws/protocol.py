@@ -39,6 +39,7 @@ _frame = _impl.frame
 _close_payload = _frame.close_payload
 _parse_close = _frame.parse_close
 _FrameProtocolError = _frame.ProtocolError
+FLAG_RSV1: int = _frame.FLAG_RSV1
 OP_TEXT: int = _frame.OP_TEXT
 OP_BINARY: int = _frame.OP_BINARY
 OP_CLOSE: int = _frame.OP_CLOSE
@@ -84,6 +85,7 @@ PAUSE_WRITE_BUFFER = 1  # our write buffer is over write_limit
 PAUSE_QUEUE = 2  # the coroutine-level receive queue is full
 PAUSE_USER = 4  # the handler called pause_reading()
 PAUSE_HANDSHAKE = 8  # process_request is deciding
+PAUSE_FAILING = 16  # a failure is held back by _defer (the reader is not finished)
 
 
 class Handler:
@@ -153,6 +155,8 @@ class Connection:
         self._headers: list[tuple[str, str]] = []
         self._reader: Any = None
         self._writer = _frame.FrameWriter()
+        #: permessage-deflate state (fastws.compression) once negotiated, else None.
+        self._deflate: Any = None
         self._batch: list[bytes] | None = None
         self._batch_size = 0
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -216,7 +220,9 @@ class Connection:
 
         ``text`` overrides the frame type (``send(b"...", text=True)`` sends
         bytes that are UTF-8 as a text frame without decoding them). Raises
-        :class:`ConnectionClosed` if the connection is not open.
+        :class:`ConnectionClosed` if the connection is not open. With
+        permessage-deflate negotiated the message is compressed (unless it
+        is shorter than ``deflate_min_size``).
         """
         if self._state != OPEN:
             raise self._closed_exc()
@@ -224,15 +230,25 @@ class Connection:
             opcode = OP_TEXT if type(data) is str or isinstance(data, str) else OP_BINARY
         else:
             opcode = OP_TEXT if text else OP_BINARY
-        self._write(self._writer.frame(opcode, data))
+        if self._deflate is None:
+            self._write(self._writer.frame(opcode, data))
+        else:
+            self._write(self._deflate.frame(opcode, data))
         if self._write_paused:
             self._check_write_buffer()
 
     def send_frame(self, opcode: int, data: str | bytes, fin: bool = True) -> None:
-        """Send one raw frame (fragmented sends: opcode 0 is continuation)."""
+        """Send one frame (fragmented sends: opcode 0 is continuation).
+
+        With permessage-deflate negotiated, the fragments of a message are
+        compressed as one deflate stream (RSV1 on the first frame).
+        """
         if self._state != OPEN:
             raise self._closed_exc()
-        self._write(self._writer.frame(opcode, data, fin))
+        if self._deflate is None:
+            self._write(self._writer.frame(opcode, data, fin))
+        else:
+            self._write(self._deflate.fragment(opcode, data, fin))
         if self._write_paused:
             self._check_write_buffer()
 
@@ -489,6 +505,12 @@ class Connection:
                 return
             self.response = response
             head = response.serialize()
+            if self._deflate is not None and "permessage-deflate" not in (
+                response.headers.get("Sec-WebSocket-Extensions") or ""
+            ):
+                # process_response sent a 101 without the extension: the
+                # client will not inflate, so nothing may be compressed.
+                self._deflate = None
         else:
             head = self._head
         transport = self._transport
@@ -496,7 +518,14 @@ class Connection:
         transport.write(head)
         self._cancel_timer()
         self._state = OPEN
-        self._reader = _frame.FrameReader(max_message_size=self._config.max_message_size)
+        if self._deflate is None:
+            self._reader = _frame.FrameReader(max_message_size=self._config.max_message_size)
+        else:
+            # The reader limits what arrives on the wire; deflate may expand
+            # a message, so it gets room for that, and the message itself is
+            # held to max_message_size after inflating (or, uncompressed, in
+            # _process_frames).
+            self._reader = _frame.FrameReader(max_message_size=self._deflate.wire_limit, rsv1_allowed=True)
         handler = self._handler
         self._on_message = handler.on_message
         self._on_pong = getattr(handler, "on_pong", None)
@@ -637,6 +666,11 @@ class Connection:
                 # Messages after our close frame are read (to find the
                 # peer's close) but no longer delivered (RFC 6455 5.5.1).
                 if self._state == OPEN:
+                    if self._deflate is not None and len(event[1]) > self._deflate.max_size:
+                        # The reader's limit has room for deflate's expansion
+                        # (see _accept); an uncompressed message gets none.
+                        self._message_failed(1009, f"message of {len(event[1])} bytes exceeds max_message_size")
+                        return
                     try:
                         self._on_message(self, event[1], opcode == OP_TEXT)  # type: ignore[misc]
                     except Exception:
@@ -662,10 +696,33 @@ class Connection:
                 if not self._defer(self._close_received, event[1]):
                     self._close_received(event[1])
                 return
+            elif opcode & FLAG_RSV1 and self._deflate is not None:
+                # A compressed message (the reader only lets RSV1 through
+                # when permessage-deflate was negotiated). Off the branches
+                # above, so uncompressed messages never test for it.
+                if self._state == OPEN:
+                    try:
+                        data = self._deflate.inflate(event[1], opcode == OP_TEXT | FLAG_RSV1)
+                    except _FrameProtocolError as exc:
+                        self._message_failed(exc.code, str(exc))
+                        return
+                    try:
+                        self._on_message(self, data, opcode == OP_TEXT | FLAG_RSV1)  # type: ignore[misc]
+                    except Exception:
+                        self._user_error("on_message")
+                        return
             else:
-                # Only reachable if a future codec negotiates extensions.
                 self._fail(1002, f"unexpected frame opcode {opcode:#x}")
                 return
+
+    def _message_failed(self, code: int, reason: str) -> None:
+        """Fail for a message the codec accepted but we cannot (compression)."""
+        if self._defer(self._fail, code, reason):
+            # Unlike the codec after its own errors, the reader would go on
+            # parsing what follows: read nothing more.
+            self._pause(PAUSE_FAILING)
+        else:
+            self._fail(code, reason)
 
     def _defer(self, action: Callable[..., None], *args: Any) -> bool:
         """Hold back a close while the handler has messages it has not taken.

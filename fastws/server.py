@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
+from .compression import negotiate as negotiate_deflate
 from .config import DEFAULTS, Config
 from .exceptions import InvalidHeader, InvalidOrigin, NegotiationError
 from .http import Request, Response, make_response, upgrade_required
@@ -122,7 +123,9 @@ class ServerState:
         return upgrade_required(request)
 
     def negotiate(self, conn: Connection, request: Request) -> bytes:
-        """Origin check and subprotocol choice; extra header lines for the 101."""
+        """Origin check, subprotocol and extension choice; extra header lines
+        for the 101. Sets ``conn.subprotocol`` and, when permessage-deflate
+        is agreed, ``conn._deflate``."""
         headers = request.headers
         if self.origins is not None:
             origins = headers.get_all("Origin")
@@ -164,6 +167,13 @@ class ServerState:
         if chosen is not None:
             conn.subprotocol = chosen
             extra += f"Sec-WebSocket-Protocol: {chosen}\r\n".encode("latin-1")
+        if self.config.compression is not None:
+            offers = headers.get_all("Sec-WebSocket-Extensions")
+            if offers:
+                agreed = negotiate_deflate(offers, self.config)
+                if agreed is not None:
+                    conn._deflate = agreed[1]
+                    extra += f"Sec-WebSocket-Extensions: {agreed[0]}\r\n".encode("latin-1")
         return extra
 
 
@@ -295,9 +305,6 @@ def _split_options(options: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
         name = _ALIASES.get(key, key)
         if name in Config.__dataclass_fields__:
             changes[name] = options.pop(key)
-    compression = options.pop("compression", "deflate")
-    if compression not in (None, "deflate"):
-        raise ValueError(f"unsupported compression: {compression!r}")
     if changes:
         config = config.replace(**changes)
     return config, options
@@ -322,7 +329,9 @@ class serve:
     ``handler`` is an ``async def handler(ws)`` (coroutine level) or a
     handler class / instance with ``on_message`` (callback level). Options
     are keyword-only: every field of :class:`fastws.Config` (``max_size`` is
-    accepted for ``max_message_size``, as in ``websockets``), plus
+    accepted for ``max_message_size``, as in ``websockets``;
+    ``compression="deflate"``, the default, negotiates permessage-deflate
+    and ``None`` declines it), plus
     ``process_request``, ``process_response``, ``subprotocols``,
     ``select_subprotocol``, ``origins``, ``sock``, ``ssl``, ``reuse_port``.
     """

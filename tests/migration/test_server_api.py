@@ -634,16 +634,15 @@ async def test_origins(api: types.SimpleNamespace) -> None:
 
 
 async def test_compression_option(api: types.SimpleNamespace) -> None:
-    """``compression="deflate"`` (the default) and ``None`` are accepted.
-    websockets negotiates permessage-deflate; fastws declines it for now,
-    which RFC 7692 allows, and messages are the same."""
+    """``compression="deflate"`` (the default) negotiates permessage-deflate
+    in both libraries, ``None`` declines it; messages are the same."""
     for compression in ("deflate", None):
         async with serving(api, echo, compression=compression) as (_, url):
             async with connect(url) as ws:
                 await ws.send("z" * 10000)
                 assert await ws.recv() == "z" * 10000
                 extensions = ws.response.headers.get("Sec-WebSocket-Extensions")
-        negotiated = compression == "deflate" and api.logger_name == "websockets.server"
+        negotiated = compression == "deflate"
         assert (extensions is not None) == negotiated, extensions
     with pytest.raises(ValueError):
         api.serve(echo, "127.0.0.1", 0, compression="brotli")
