@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import selectors
+import shutil
 import signal
 import socket
 import statistics
@@ -78,10 +79,17 @@ def _version(dist: str) -> str:
         return "-"
 
 
-def describe_machine() -> dict[str, Any]:
-    """Date, commit, CPU, cores, kernel and library versions of this run."""
-    from fastws import _impl
-
+def describe_machine(workdir: Path) -> dict[str, Any]:
+    """Date, commit, CPU, cores, kernel and library versions of this run;
+    the fastws facts are asked of the copy in ``workdir`` that will run."""
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "import fastws._impl as i; print(i.CODEC_NAME); print(getattr(getattr(i, 'Connection', None), '__module__', '-'))"],
+        cwd=workdir, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        raise SystemExit(f"run: cannot import fastws from {workdir}: {probe.stderr.strip()[-500:]}")
+    codec, protocol = probe.stdout.split()[:2]
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "fastws"))
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -90,11 +98,24 @@ def describe_machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "fastws_codec": _impl.CODEC_NAME,
+        "fastws_codec": codec,
         # Which Connection class fastws serves with (compiled protocol or protocol.py).
-        "fastws_protocol": getattr(getattr(_impl, "Connection", None), "__module__", "fastws.protocol"),
+        "fastws_protocol": protocol,
         "versions": {d: _version(d) for d in ("uvloop", "websockets", "picows", "aiofastnet", "aiohttp", "psutil")},
     }
+
+
+def snapshot(dest: Path) -> Path:
+    """Copy ``fastws/`` and ``bench/`` (built modules included) into ``dest``.
+
+    Every run of a comparison then uses the same code, even if someone edits
+    or rebuilds the checkout meanwhile; subprocesses run with ``dest`` as
+    their working directory, which ``python -m`` puts first on sys.path.
+    """
+    ignore = shutil.ignore_patterns("__pycache__", "*.c", "*.html", "results", "*.pyc")
+    for pkg in ("fastws", "bench"):
+        shutil.copytree(ROOT / pkg, dest / pkg, ignore=ignore)
+    return dest
 
 
 # -- one run ---------------------------------------------------------------
@@ -162,7 +183,13 @@ def wait_quiet(max_wait: float, below: float) -> float:
             return busy
 
 
-def run_one(server: str, opts: argparse.Namespace, server_cpus: set[int] | None, loadgen_cpus: set[int] | None) -> dict[str, Any]:
+def run_one(
+    server: str,
+    opts: argparse.Namespace,
+    server_cpus: set[int] | None,
+    loadgen_cpus: set[int] | None,
+    workdir: Path = ROOT,
+) -> dict[str, Any]:
     """Start ``server``, load it, stop it; the loadgen's figures plus health."""
     port = _free_port()
     url = f"ws://127.0.0.1:{port}/"
@@ -170,7 +197,7 @@ def run_one(server: str, opts: argparse.Namespace, server_cpus: set[int] | None,
     with tempfile.TemporaryFile() as errlog:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.servers", server, "--port", str(port)],
-            cwd=ROOT,
+            cwd=workdir,
             stdout=subprocess.PIPE,
             stderr=errlog,
             preexec_fn=_pinner(server_cpus),
@@ -192,7 +219,7 @@ def run_one(server: str, opts: argparse.Namespace, server_cpus: set[int] | None,
                 if loadgen_cpus:
                     cmd += ["--cpus", ",".join(map(str, sorted(loadgen_cpus)))]
                 lg = subprocess.run(
-                    cmd, cwd=ROOT, capture_output=True, text=True, timeout=opts.warmup + opts.duration + 90
+                    cmd, cwd=workdir, capture_output=True, text=True, timeout=opts.warmup + opts.duration + 90
                 )
                 try:
                     row.update(json.loads(lg.stdout))
@@ -340,7 +367,8 @@ def format_header(meta: dict[str, Any], opts: argparse.Namespace, pin_text: str)
         f"date {meta['date']}  commit {meta['commit']}  fastws codec {meta['fastws_codec']}, "
         f"protocol {meta['fastws_protocol']}, build {meta.get('fastws_build', '-')}",
         f"machine {meta['cpu']}, {meta['cores']} cores, {meta['kernel']}, Python {meta['python']}",
-        f"{pin_text}; loadgen: {opts.procs} process(es)",
+        f"{pin_text}; loadgen: {opts.procs} process(es); "
+        + ("fastws/ and bench/ run from a copy taken at the start" if meta.get("snapshot") else "live checkout"),
         "versions " + " ".join(f"{k} {val}" for k, val in v.items()),
     ])  # fmt: skip
 
@@ -463,6 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="before each run, wait up to SECONDS for the machine to be idle (shared machines; default 0: don't)",
     )
     p.add_argument("--quiet-below", type=float, default=15.0, help="'idle' means CPU use under this %% of all cores (default 15)")
+    p.add_argument(
+        "--no-snapshot",
+        dest="snapshot",
+        action="store_false",
+        help="run the checkout's fastws/ and bench/ live instead of a copy taken at the start",
+    )
     p.add_argument("--out", default=None, help="output path prefix (default bench/results/<date>-<scenario>)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
@@ -489,7 +523,10 @@ def main(argv: list[str] | None = None) -> int:
         if server_cpus and loadgen_cpus
         else "not pinned"
     )
-    meta = describe_machine()
+    tmp = tempfile.TemporaryDirectory(prefix="fastws-bench-")
+    workdir = snapshot(Path(tmp.name)) if opts.snapshot else ROOT
+    meta = describe_machine(workdir)
+    meta["snapshot"] = opts.snapshot
     scenario = f"echo-c{opts.conns}-p{opts.pipeline}-s{opts.size}"
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(opts.out) if opts.out else ROOT / "bench" / "results" / f"{stamp}-{scenario}"
@@ -505,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
                     progress.start(f"round {rnd}/{opts.rounds}  {name}: waiting for the machine to be quiet")
                     idle_busy = wait_quiet(opts.wait_quiet, opts.quiet_below)
                 progress.start(f"round {rnd}/{opts.rounds}  {name}: running ~{opts.warmup + opts.duration:g} s")
-                row = run_one(name, opts, server_cpus, loadgen_cpus)
+                row = run_one(name, opts, server_cpus, loadgen_cpus, workdir)
                 row["round"] = rnd
                 row["machine_busy_before_pct"] = idle_busy
                 runs.append(row)
@@ -518,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: summarising the runs done so far", file=sys.stderr)
     finally:
         progress.close()
+        tmp.cleanup()
 
     meta["fastws_build"] = ",".join(sorted({r.get("fastws_build", "-") for r in runs} - {"-"})) or "-"
     summary = summarise(runs, servers)
@@ -526,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(builds) > 1:
         text += (
             f"\nWARNING the fastws code changed during this comparison ({len(builds)} builds seen: "
-            f"{', '.join(builds)}); its rounds mix versions - run again"
+            f"{', '.join(builds)}); its rounds mix versions - run again (without --no-snapshot)"
         )
     print(text)
     config = {k: v for k, v in vars(opts).items() if k not in ("server_cpus", "loadgen_cpus")}
