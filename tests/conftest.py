@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -139,6 +141,20 @@ class ServerProcess:
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.stop()
+
+
+NO_EXTENSIONS = os.environ.get("FASTWS_NO_EXTENSIONS", "") not in ("", "0")
+
+
+def import_module_or_fail(name: str) -> ModuleType:
+    """Import a codec module; a compiled one that is missing fails the test,
+    unless FASTWS_NO_EXTENSIONS is set (then it is skipped)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if not name.endswith("_py") and NO_EXTENSIONS:
+            pytest.skip(f"{name} not built and FASTWS_NO_EXTENSIONS is set")
+        pytest.fail(f"{name} cannot be imported ({exc}); build it or set FASTWS_NO_EXTENSIONS=1")
 
 
 def compiled_available() -> bool:

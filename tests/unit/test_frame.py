@@ -14,17 +14,17 @@ tests hold the two implementations against each other on random streams.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
 from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests.conftest import import_module_or_fail
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-NO_EXTENSIONS = os.environ.get("FASTWS_NO_EXTENSIONS", "") not in ("", "0")
 TWIN, COMPILED = "fastws._frame_py", "fastws._frame"
 
 MASK = b"\x37\xfa\x21\x3d"
@@ -36,12 +36,7 @@ Events = list[tuple[int, bytes]]
 
 
 def _load(name: str) -> ModuleType:
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        if name == COMPILED and NO_EXTENSIONS:
-            pytest.skip(f"{name} not built and FASTWS_NO_EXTENSIONS is set")
-        pytest.fail(f"{name} cannot be imported ({exc}); build it or set FASTWS_NO_EXTENSIONS=1")
+    return import_module_or_fail(name)
 
 
 # Module scope: modules are immutable, and hypothesis rejects function-scoped

@@ -14,16 +14,16 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import importlib
 import os
 from types import ModuleType
 
 import pytest
+
+from tests.conftest import import_module_or_fail
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-NO_EXTENSIONS = os.environ.get("FASTWS_NO_EXTENSIONS", "") not in ("", "0")
 TWIN, COMPILED = "fastws._handshake_py", "fastws._handshake"
 
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3
@@ -38,12 +38,7 @@ STATUS_LINES = (
 
 
 def _load(name: str) -> ModuleType:
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        if name == COMPILED and NO_EXTENSIONS:
-            pytest.skip(f"{name} not built and FASTWS_NO_EXTENSIONS is set")
-        pytest.fail(f"{name} cannot be imported ({exc}); build it or set FASTWS_NO_EXTENSIONS=1")
+    return import_module_or_fail(name)
 
 
 # Module scope: the module is immutable, and hypothesis rejects function-scoped
