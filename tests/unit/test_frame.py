@@ -15,7 +15,6 @@ tests hold the two implementations against each other on random streams.
 from __future__ import annotations
 
 import itertools
-import os
 from types import ModuleType
 from typing import Any
 
