@@ -532,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(opts.out) if opts.out else ROOT / "bench" / "results" / f"{stamp}-{scenario}"
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # stop like Ctrl-C: the current server is stopped, the rest summarised
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     runs: list[dict[str, Any]] = []
     progress = Progress(opts.rounds * len(servers), opts.progress)
     try:
