@@ -131,13 +131,26 @@ def _aiohttp_parser(count: int) -> Callable[[list[bytes]], Any]:
             pass
 
     loop = asyncio.new_event_loop()
-    queue = WebSocketDataQueue(_Protocol(), 2**30, loop=loop)
-    reader = WebSocketReader(queue, 2**30, compress=False, decode_text=False)
-    buffer = queue._buffer
+    state: dict[str, Any] = {}
+
+    def fresh() -> None:
+        # The queue counts what it was fed and stalls the reader past its
+        # limit; we drop messages behind its back, so start over now and then.
+        queue = WebSocketDataQueue(_Protocol(), 2**30, loop=loop)
+        state["reader"] = WebSocketReader(queue, 2**30, compress=False, decode_text=False)
+        state["buffer"] = queue._buffer
+        state["fed"] = 0
+
+    fresh()
 
     def parse(reads: list[bytes]) -> Any:
+        if state["fed"] > 2**28:
+            fresh()
+        reader = state["reader"]
+        buffer = state["buffer"]
         for data in reads:
             reader.feed_data(data)
+            state["fed"] += len(data)
         assert len(buffer) == count
         msg = buffer.pop()
         buffer.clear()
