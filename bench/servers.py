@@ -26,6 +26,7 @@ import hashlib
 import logging
 import signal
 import sys
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -127,18 +128,17 @@ SERVERS: dict[str, Callable[[str, int, int], Awaitable[Any]]] = {
 
 def loaded_fastws_digest() -> str:
     """Fingerprint of the fastws code this process runs: a hash of every
-    loaded ``fastws`` module file (sources and compiled extensions), so a
-    comparison on a shared checkout can tell if fastws changed between runs.
-    ``-`` when fastws is not loaded."""
-    files: list[str] = sorted(
-        {f for name, m in list(sys.modules.items()) if name.split(".")[0] == "fastws" and (f := getattr(m, "__file__", None))}
-    )
-    if not files:
+    source and compiled file of the ``fastws`` package it imported (relative
+    paths and contents), so a comparison on a shared checkout can tell if
+    fastws changed between runs. ``-`` when fastws is not loaded."""
+    module = sys.modules.get("fastws")
+    if module is None or not getattr(module, "__file__", None):
         return "-"
+    root = Path(module.__file__).parent  # type: ignore[arg-type]
     h = hashlib.sha1()
-    for path in files:
-        with open(path, "rb") as f:
-            h.update(path.encode() + b"\0" + f.read())
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".so", ".pyx", ".pxd", ".html"):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
 
 
