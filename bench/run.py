@@ -378,7 +378,7 @@ def format_header(meta: dict[str, Any], opts: argparse.Namespace, pin_text: str)
 
 def write_svg(path: Path, summary: list[dict[str, Any]], title: str) -> None:
     """A horizontal bar chart of median msg/s with min-max whiskers."""
-    bar_h, gap, left, width = 22, 10, 150, 420
+    bar_h, gap, left, width = 22, 10, 150, 400
     height = 50 + len(summary) * (bar_h + gap)
     best = max((s["msgs_per_s_max"] or 0 for s in summary), default=0) or 1
     parts = [
@@ -393,11 +393,13 @@ def write_svg(path: Path, summary: list[dict[str, Any]], title: str) -> None:
         color = "#2b7bb9" if s["server"].startswith("fastws") else "#999999"
         parts.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{_esc(s["server"])}</text>')
         parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{color}"/>')
+        label_x = left + w + 6
         if s["msgs_per_s_min"] is not None:
             x0 = left + width * s["msgs_per_s_min"] / best
             x1 = left + width * s["msgs_per_s_max"] / best
             parts.append(f'<line x1="{x0:.1f}" y1="{y + bar_h / 2}" x2="{x1:.1f}" y2="{y + bar_h / 2}" stroke="black"/>')
-        parts.append(f'<text x="{left + w + 6:.1f}" y="{y + 15}">{_n(v)} msg/s</text>')
+            label_x = max(label_x, x1 + 6)
+        parts.append(f'<text x="{label_x:.1f}" y="{y + 15}">{_n(v)} msg/s</text>')
     parts.append("</svg>")
     path.write_text("\n".join(parts) + "\n")
 
