@@ -48,7 +48,9 @@ cdef class Connection:
     cdef FrameReader _reader             #: frame phase only (None before)
     cdef FrameWriter _writer
     cdef public object _deflate          #: compression.PerMessageDeflate once negotiated, else None (send() tests only this)
-    cdef list _batch                     #: frames sent while a chunk is processed, or None
+    cdef bint _batching                  #: sends go to _batch until _flush
+    cdef list _batch                     #: frames sent while batching
+    cdef list _spare                     #: the other list (see _write_batch)
     cdef Py_ssize_t _batch_size          #: bytes in _batch
     cdef object _loop
     cdef object _lost_waiter

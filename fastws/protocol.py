@@ -157,7 +157,9 @@ class Connection:
         self._writer = _frame.FrameWriter()
         #: permessage-deflate state (fastws.compression) once negotiated, else None.
         self._deflate: Any = None
-        self._batch: list[bytes] | None = None
+        self._batching = False
+        self._batch: list[bytes] = []
+        self._spare: list[bytes] = []
         self._batch_size = 0
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._lost_waiter: asyncio.Future[None] | None = None
@@ -596,10 +598,10 @@ class Connection:
         # in one write: a pipelining client costs one syscall per read, not
         # one per message. (If the coroutine level already corked the
         # connection, its scheduled flush covers this chunk too.)
-        if self._batch is not None:
+        if self._batching:
             self._process_frames(data)
             return
-        self._batch = []
+        self._batching = True
         try:
             self._process_frames(data)
         finally:
@@ -611,17 +613,16 @@ class Connection:
         The coroutine level corks on each send, so the messages many tasks
         send in one iteration leave in one write per connection.
         """
-        if self._batch is None:
-            self._batch = []
+        if not self._batching:
+            self._batching = True
             self._loop.call_soon(self._flush)
 
     def _write(self, data: bytes) -> None:
         """Write now, or add to the batch (written at write_limit bytes)."""
-        batch = self._batch
-        if batch is None:
+        if not self._batching:
             self._transport.write(data)  # type: ignore[union-attr]
             return
-        batch.append(data)
+        self._batch.append(data)
         self._batch_size += len(data)
         if self._batch_size >= self._config.write_limit:
             # Keep a batch small enough that flow control still sees it.
@@ -631,23 +632,28 @@ class Connection:
         batch = self._batch
         if not batch:
             return
-        self._batch = []
+        # Two lists, swapped: a write can re-enter (pause_writing -> a
+        # handler's send), and what it adds must land in the other list.
+        self._batch = self._spare
+        self._spare = batch
         self._batch_size = 0
         transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if len(batch) == 1:
-            transport.write(batch[0])
-        else:
-            transport.writelines(batch)  # uvloop: one writev, no join copy
+        # Nothing is batched after we close or abort the transport (sends
+        # need OPEN, and every close flushes first), so no is_closing() call.
+        if self._state != CLOSED:
+            if len(batch) == 1:
+                transport.write(batch[0])  # type: ignore[union-attr]
+            else:
+                transport.writelines(batch)  # type: ignore[union-attr]  # uvloop: one writev
+        batch.clear()
         if self._write_paused:
             self._check_write_buffer()
 
     def _flush(self) -> None:
         """Write the batch (if any) and stop batching."""
-        if self._batch is not None:
+        if self._batching:
             self._write_batch()
-            self._batch = None
+            self._batching = False
 
     def _process_frames(self, data: bytes) -> None:
         reader = self._reader
