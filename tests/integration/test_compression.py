@@ -26,7 +26,7 @@ from fastws._frame_py import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, FLAG_RSV1, F
 from fastws.demo import EchoHandler
 
 from ..conftest import CODECS, ServerProcess, compiled_available, raw_connect, serving, unit
-from .conftest import MASK, http_exchange, port_of, upgrade_request
+from .conftest import MASK, FrameStream, http_exchange, port_of, upgrade_request
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -142,7 +142,7 @@ async def test_aiohttp_client_round_trips(deflate_server: ServerProcess, compres
 # -- raw sockets ---------------------------------------------------------------------
 
 
-class DeflateClient:
+class DeflateClient(FrameStream):
     """A blocking client that negotiates permessage-deflate and speaks it."""
 
     def __init__(self, port: int, offer: str | None = OFFER) -> None:
@@ -181,21 +181,7 @@ class DeflateClient:
 
     def next(self, timeout: float = 10.0) -> tuple[int, bytes] | None:
         """The next event as ``(opcode | FLAG_RSV1 if compressed, payload)``."""
-        self.sock.settimeout(unit(timeout))
-        while True:
-            event = self.reader.next_event()
-            if event is not None:
-                return event
-            if self.eof:
-                return None
-            try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                self.eof = True
-            else:
-                self.reader.feed_data(chunk)
+        return super().next(timeout)
 
     def message(self) -> tuple[int, bytes, bool]:
         """The next data message: (opcode, inflated payload, was compressed)."""
