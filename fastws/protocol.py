@@ -210,7 +210,8 @@ class Connection:
     def write_buffer_size(self) -> int:
         """Bytes accepted by ``send`` and not yet written to the socket."""
         t = self._transport
-        return t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+        buffered = t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+        return buffered + self._batch_size
 
     @property
     def writable(self) -> bool:
@@ -229,7 +230,7 @@ class Connection:
         if self._state != OPEN:
             raise self._closed_exc()
         if text is None:
-            opcode = OP_TEXT if type(data) is str or isinstance(data, str) else OP_BINARY
+            opcode = OP_TEXT if isinstance(data, str) else OP_BINARY
         else:
             opcode = OP_TEXT if text else OP_BINARY
         if self._deflate is None:
