@@ -20,7 +20,7 @@ import socket
 import time
 from collections.abc import Iterable, Sequence
 
-from tests.conftest import UPGRADE, raw_connect, unit
+from tests.conftest import UPGRADE, handshake, raw_connect, unit
 
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 MASK = b"\x37\xfa\x21\x3d"
@@ -201,15 +201,7 @@ def open_ws(port: int, request: bytes = UPGRADE) -> tuple[socket.socket, bytes]:
     Returns the socket and any bytes read past the response head.
     """
     sock = raw_connect(port)
-    sock.sendall(request)
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 101"), head
-    _, _, rest = head.partition(b"\r\n\r\n")
+    _, _, rest = handshake(sock, request).partition(b"\r\n\r\n")
     return sock, rest
 
 

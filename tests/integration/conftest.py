@@ -290,7 +290,6 @@ class CliProcess(ServerProcess):
     def __init__(self, *args: str) -> None:
         super().__init__(*args, codec=cli_codec())
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
 
     def _drain(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -310,8 +309,8 @@ class CliProcess(ServerProcess):
             stderr=subprocess.STDOUT,
             text=True,
         )
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
         try:
             m = self.wait_for(START_ANY, timeout)
         except AssertionError:
@@ -333,25 +332,12 @@ class CliProcess(ServerProcess):
                     return matches[count - 1]
                 left = deadline - time.monotonic()
                 assert self.proc is not None
-                if left <= 0 or (self.proc.poll() is not None and not self._thread_alive()):
+                if left <= 0 or (self.proc.poll() is not None and not self._drainer_alive()):
                     raise AssertionError(f"no line matching {regex.pattern!r}:\n{self.output}")
                 self._cond.wait(min(left, 0.1))
 
     def _thread_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=unit(timeout))
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self._thread is not None:
-            self._thread.join(unit(5))
-        return self.proc.returncode
+        return self._drainer is not None and self._drainer.is_alive()
 
     @property
     def output(self) -> str:
