@@ -21,10 +21,12 @@ NO_EXTENSIONS = os.environ.get("FASTWS_NO_EXTENSIONS", "") not in ("", "0")
 ANNOTATE = os.environ.get("FASTWS_ANNOTATE", "") not in ("", "0")
 DEBUG = os.environ.get("FASTWS_DEBUG", "") not in ("", "0")
 
-MODULES = ["_frame", "_handshake"]
-# Pure-Python modules also compiled as-is (a symlink gives the compiled copy
-# its own name, so the .py stays importable as the twin).
-COMPILED_PY = ["_protocol_c"]
+# Cython sources, each with a hand-written pure-Python twin (<name>_py.py).
+MODULES = ["codec/_frame", "codec/_handshake"]
+# Pure-Python sources also compiled as they are, with the types of their
+# .pxd: <name>.py is a link to the twin <layer>/_..._py.py, so the twin stays
+# importable beside the compiled module (as aiohttp does with reader_c).
+COMPILED_PY = ["protocol/_server_c", "connection/_connection_c"]
 
 
 def extensions() -> list[Extension]:
@@ -39,10 +41,10 @@ def extensions() -> list[Extension]:
     if sys.platform != "win32":
         cflags += ["-fno-strict-aliasing"]
     exts = [
-        Extension(f"fastws.{name}", [f"fastws/{name}.pyx"], extra_compile_args=cflags)
+        Extension("fastws." + name.replace("/", "."), [f"fastws/{name}.pyx"], extra_compile_args=cflags)
         for name in MODULES
     ] + [
-        Extension(f"fastws.{name}", [f"fastws/{name}.py"], extra_compile_args=cflags)
+        Extension("fastws." + name.replace("/", "."), [f"fastws/{name}.py"], extra_compile_args=cflags)
         for name in COMPILED_PY
     ]
     # Directives are set once, here, for every module (STYLE.md item 11).

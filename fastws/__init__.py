@@ -6,18 +6,18 @@ Two API levels on one core:
   ``on_message`` and ``on_close`` the server calls directly;
 - coroutine level (drop-in for ``websockets``): ``async def handler(ws)``.
 
-Both are served by :func:`serve`.
+Both are served by :func:`serve`. This module is the curated public API;
+every other module is an implementation detail.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._impl import COMPILED
-from ._impl import frame as _codec
+from . import _select
 from .config import Config
+from .connection import Connection
 from .exceptions import (
-    Close,
     ConcurrencyError,
     ConnectionClosed,
     ConnectionClosedError,
@@ -29,24 +29,23 @@ from .exceptions import (
     InvalidUpgrade,
     NegotiationError,
     PayloadTooBig,
+    ProtocolError,
     WebSocketException,
 )
-from .http import Headers, Request, Response
-from ._impl import Connection
-from .protocol import CloseCode, Handler, State
+from .faces.asyncio import ServerConnection, broadcast
+from .faces.callback import Handler
+from .protocol.http import Headers, Request, Response
 from .server import Server, basic_auth, serve, unix_serve
-from .asyncio import ServerConnection, broadcast
+from .types import Close, CloseCode, State
 
-#: Raised by the codec for a protocol violation; ``.code`` is the close code.
-ProtocolError = _codec.ProtocolError
+#: True when the compiled extensions are in use (False: the pure-Python twins).
+COMPILED: bool = _select.compiled()
 
 __all__ = [
     "COMPILED",
-    "ConcurrencyError",
-    "ServerConnection",
-    "broadcast",
     "Close",
     "CloseCode",
+    "ConcurrencyError",
     "Config",
     "Connection",
     "ConnectionClosed",
@@ -65,10 +64,12 @@ __all__ = [
     "Request",
     "Response",
     "Server",
+    "ServerConnection",
     "State",
     "WebSocketException",
-    "basic_auth",
     "__version__",
+    "basic_auth",
+    "broadcast",
     "serve",
     "unix_serve",
 ]

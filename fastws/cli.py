@@ -4,24 +4,27 @@ Flags are named like uvicorn's where they mean the same (``--host``,
 ``--port``, ``--uds``, ``--workers``, ``--loop``, ``--log-level``,
 ``--backlog``, ``--no-access-log``, ``--ws-max-size``, ``--ws-max-queue``,
 ``--ws-ping-interval``, ``--ws-ping-timeout``, ``--ws-per-message-deflate``,
-``--timeout-graceful-shutdown``); every default comes from
-:class:`fastws.Config`.
+``--timeout-graceful-shutdown``). Every flag is generated from a field of
+:class:`fastws.Config` (its metadata names the flag and the help text), so
+defaults and flags live in one place.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import logging
 import multiprocessing
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
-from . import __version__, _impl
-from .config import DEFAULTS, Config
+from . import __version__, _select
+from .config import Config, Option, options
 from .server import resolve_handler, serve
 
 logger = logging.getLogger("fastws")
@@ -63,22 +66,87 @@ def load_target(target: str) -> Any:
     return obj
 
 
-def _size(text: str) -> int | None:
-    """A byte count: ``1048576``, ``64KiB``, ``16MiB``, or ``none``."""
+_NONE_WORDS = ("none", "off", "unlimited")
+_SIZE_SUFFIXES = (("kib", 1024), ("mib", 2**20), ("gib", 2**30), ("k", 1024), ("m", 2**20), ("b", 1))
+
+
+def _size(text: str) -> int:
+    """A byte count: ``1048576``, ``64KiB``, ``16MiB``."""
     value = text.strip().lower()
-    if value in ("none", "0", "off", "unlimited"):
-        return None
-    for suffix, factor in (("kib", 1024), ("mib", 2**20), ("gib", 2**30), ("k", 1024), ("m", 2**20), ("b", 1)):
+    for suffix, factor in _SIZE_SUFFIXES:
         if value.endswith(suffix):
             return int(float(value[: -len(suffix)]) * factor)
     return int(value)
 
 
-def _seconds(text: str) -> float | None:
-    value = text.strip().lower()
-    if value in ("none", "off"):
-        return None
-    return float(value)
+def _reader(field: dataclasses.Field[Any], opt: Option) -> Callable[[str], Any]:
+    """The argparse ``type`` of a flag: parse one value, 'none' only where
+    the field allows None (elsewhere it is a usage error, never the default)."""
+    base: Callable[[str], Any] = {"size": _size, "seconds": float, "int": int, "str": str}[opt.kind]
+    optional = "None" in str(field.type)
+
+    def read(text: str) -> Any:
+        if text.strip().lower() in _NONE_WORDS:
+            if optional:
+                return None
+            raise argparse.ArgumentTypeError(f"{text!r}: this option needs a value; it cannot be turned off")
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}") from None
+
+    read.__name__ = opt.kind  # argparse names the type in its error message
+    return read
+
+
+_METAVARS = {"size": "BYTES", "seconds": "SECONDS", "int": "N", "str": "TEXT"}
+
+
+def _describe(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`Config` field, from the field's metadata."""
+    for f, opt in options():
+        default = f.default
+        if opt.kind == "no":
+            parser.add_argument(*opt.flags, dest=f.name, action="store_false", help=opt.help)
+        elif opt.kind == "switch":
+            # argparse runs `type` over a str default: give it the word.
+            word = "true" if default == opt.on else "false"
+            parser.add_argument(
+                *opt.flags,
+                dest=f.name,
+                type=_switch(opt),
+                default=word,
+                metavar="{true,false}",
+                help=f"{opt.help} (default: {word})",
+            )
+        elif opt.kind == "choice":
+            parser.add_argument(*opt.flags, dest=f.name, choices=opt.choices, default=default, help=f"{opt.help} (default: {default})")
+        else:
+            parser.add_argument(
+                *opt.flags,
+                dest=f.name,
+                type=_reader(f, opt),
+                default=default,
+                metavar=opt.metavar or _METAVARS[opt.kind],
+                help=f"{opt.help} (default: {_describe(default)})",
+            )
+
+
+def _switch(opt: Option) -> Callable[[str], Any]:
+    def read(text: str) -> Any:
+        value = text.strip().lower()
+        if value in ("true", "yes", "on", "1"):
+            return opt.on
+        if value in ("false", "no", "off", "0"):
+            return opt.off
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use true or false")
+
+    read.__name__ = "switch"
+    return read
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,39 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or a handler class with on_message). Without a target, run the bundled echo demo.",
     )
     s.add_argument("target", nargs="?", default=DEMO_TARGET, help=f"module:attribute (default: {DEMO_TARGET})")
-    s.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
-    s.add_argument("--port", type=int, default=8000, help="bind port (default: 8000)")
-    s.add_argument("--uds", default=None, help="bind to this Unix domain socket instead")
-    s.add_argument("--workers", type=int, default=1, help="worker processes sharing the port with SO_REUSEPORT (default: 1)")
-    s.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="event loop (default: auto = uvloop if installed)")
-    s.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug", "trace"), default="info")
-    s.add_argument("--no-access-log", dest="access_log", action="store_false", help="no log line per connection")
-    s.add_argument("--backlog", type=int, default=DEFAULTS.backlog, help=f"listen backlog (default: {DEFAULTS.backlog})")
-    s.add_argument(
-        "--max-message-size",
-        "--ws-max-size",
-        dest="max_message_size",
-        type=_size,
-        default=DEFAULTS.max_message_size,
-        help=f"largest message in bytes, e.g. 1MiB; 'none' for no limit (default: {DEFAULTS.max_message_size})",
-    )
-    s.add_argument("--max-header-size", type=_size, default=DEFAULTS.max_header_size, help=f"largest handshake header block (default: {DEFAULTS.max_header_size})")
-    s.add_argument("--write-limit", type=_size, default=DEFAULTS.write_limit, help=f"write buffer high-water mark per connection; above it reading from that peer pauses (default: {DEFAULTS.write_limit})")
-    s.add_argument("--max-write-buffer", type=_size, default=DEFAULTS.max_write_buffer, help=f"write buffer cap per connection; a peer that lets more pile up is dropped; 'none' for no cap (default: {DEFAULTS.max_write_buffer})")
-    s.add_argument("--ws-max-queue", dest="max_queue", type=lambda t: None if t == "none" else int(t), default=DEFAULTS.max_queue, help=f"coroutine level: queued messages before reading pauses (default: {DEFAULTS.max_queue})")
-    s.add_argument("--ws-ping-interval", dest="ping_interval", type=_seconds, default=DEFAULTS.ping_interval, help=f"coroutine level: seconds between keepalive pings (default: {DEFAULTS.ping_interval})")
-    s.add_argument("--ws-ping-timeout", dest="ping_timeout", type=_seconds, default=DEFAULTS.ping_timeout, help=f"coroutine level: seconds to wait for a pong (default: {DEFAULTS.ping_timeout})")
-    s.add_argument(
-        "--ws-per-message-deflate",
-        dest="per_message_deflate",
-        type=str.lower,
-        choices=("true", "false"),
-        default="true" if DEFAULTS.compression is not None else "false",
-        help="negotiate permessage-deflate compression with clients that offer it "
-        f"(default: {'true' if DEFAULTS.compression is not None else 'false'})",
-    )
-    s.add_argument("--open-timeout", type=_seconds, default=DEFAULTS.open_timeout, help=f"seconds to complete the handshake (default: {DEFAULTS.open_timeout})")
-    s.add_argument("--timeout-graceful-shutdown", "--close-timeout", dest="close_timeout", type=_seconds, default=DEFAULTS.close_timeout, help=f"seconds to wait for clients to close on shutdown (default: {DEFAULTS.close_timeout})")
+    add_config_flags(s)
     return parser
 
 
@@ -155,30 +191,23 @@ def _run_loop(loop_name: str, coro: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The server Config that ``fastws serve`` flags describe."""
-    return DEFAULTS.replace(
-        max_message_size=args.max_message_size,
-        max_header_size=args.max_header_size or DEFAULTS.max_header_size,
-        max_queue=args.max_queue,
-        write_limit=args.write_limit or DEFAULTS.write_limit,
-        max_write_buffer=args.max_write_buffer,
-        ping_interval=args.ping_interval,
-        ping_timeout=args.ping_timeout,
-        open_timeout=args.open_timeout,
-        close_timeout=args.close_timeout,
-        backlog=args.backlog,
-        access_log=args.access_log,
-        compression=(DEFAULTS.compression or "deflate") if args.per_message_deflate == "true" else None,
-    )
+    """The Config that ``fastws serve`` flags describe (every field has one)."""
+    try:
+        return Config(**{f.name: getattr(args, f.name) for f, _ in options()})
+    except ValueError as exc:
+        raise TargetError(str(exc)) from None
 
 
-async def _serve(args: argparse.Namespace, handler: Any, *, reuse_port: bool, announce: bool) -> None:
-    config = config_from_args(args)
-    if args.uds:
-        server = await serve(handler, path=args.uds, config=config)
-        where = f"unix:{args.uds}"
+def _codec_name() -> str:
+    return "compiled" if _select.compiled() else "pure-python"
+
+
+async def _serve(config: Config, target: str, handler: Any, *, reuse_port: bool, announce: bool) -> None:
+    if config.uds:
+        server = await serve(handler, config=config)
+        where = f"unix:{config.uds}"
     else:
-        server = await serve(handler, args.host, args.port, config=config, reuse_port=reuse_port or None)
+        server = await serve(handler, config=config, reuse_port=reuse_port or None)
         sockname = server.sockets[0].getsockname()
         host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
         where = f"ws://{host}:{sockname[1]}"
@@ -186,11 +215,11 @@ async def _serve(args: argparse.Namespace, handler: Any, *, reuse_port: bool, an
         logger.info(
             "fastws %s serving %s on %s (workers %d, loop %s, codec %s)",
             __version__,
-            args.target,
+            target,
             where,
-            args.workers,
-            _loop_name(args.loop),
-            _impl.CODEC_NAME,
+            config.workers,
+            _loop_name(config.loop),
+            _codec_name(),
         )
     else:
         logger.debug("worker %d serving on %s", os.getpid(), where)
@@ -216,34 +245,34 @@ async def _serve(args: argparse.Namespace, handler: Any, *, reuse_port: bool, an
         logger.info("stopped")
 
 
-def _worker(args: argparse.Namespace) -> None:
+def _worker(config: Config, target: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _setup_logging(args.log_level)
+    _setup_logging(config.log_level)
     try:
-        handler = load_target(args.target)
-        _run_loop(_loop_name(args.loop), _serve(args, handler, reuse_port=True, announce=False))
+        handler = load_target(target)
+        _run_loop(_loop_name(config.loop), _serve(config, target, handler, reuse_port=True, announce=False))
     except KeyboardInterrupt:
         pass
 
 
-def _serve_workers(args: argparse.Namespace) -> int:
-    if args.uds or args.port == 0:
+def _serve_workers(config: Config, target: str) -> int:
+    if config.uds or config.port == 0:
         raise TargetError("--workers > 1 needs a fixed TCP port (SO_REUSEPORT); not --port 0 or --uds")
     if not hasattr(__import__("socket"), "SO_REUSEPORT"):
         raise TargetError("--workers > 1 needs SO_REUSEPORT, which this platform lacks")
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(args,), name=f"fastws-worker-{i}") for i in range(args.workers)]
+    procs = [ctx.Process(target=_worker, args=(config, target), name=f"fastws-worker-{i}") for i in range(config.workers)]
     for p in procs:
         p.start()
     logger.info(
         "fastws %s serving %s on ws://%s:%d (workers %d, loop %s, codec %s)",
         __version__,
-        args.target,
-        args.host,
-        args.port,
-        args.workers,
-        _loop_name(args.loop),
-        _impl.CODEC_NAME,
+        target,
+        config.host,
+        config.port,
+        config.workers,
+        _loop_name(config.loop),
+        _codec_name(),
     )
 
     def forward(signum: int, frame: Any) -> None:
@@ -277,12 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging(args.log_level)
     try:
+        config = config_from_args(args)
         handler = load_target(args.target)
-        if args.workers < 1:
-            raise TargetError("--workers must be at least 1")
-        if args.workers > 1:
-            return _serve_workers(args)
-        _run_loop(_loop_name(args.loop), _serve(args, handler, reuse_port=False, announce=True))
+        if config.workers > 1:
+            return _serve_workers(config, args.target)
+        _run_loop(_loop_name(config.loop), _serve(config, args.target, handler, reuse_port=False, announce=True))
     except TargetError as exc:
         _fail(str(exc))
     except OSError as exc:

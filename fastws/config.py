@@ -1,75 +1,175 @@
-"""Every option of the server, with its unit and default, in one place.
+"""Every option of the server, with its unit, default and CLI flag, in one place.
 
 The API (:func:`fastws.serve`) and the CLI (``fastws serve``) both build a
-:class:`Config`, so a default is written exactly once (STYLE.md item 7).
+:class:`Config`, and the CLI's flags are generated from the metadata of its
+fields (:func:`option`), so a new option is added here and nowhere else.
 ``None`` means "off" / "no limit" wherever a limit allows it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["Config", "DEFAULTS"]
+__all__ = ["Config", "DEFAULTS", "Option", "options"]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """How a Config field appears on the command line."""
+
+    #: Flag names, the first is the main one (uvicorn's where it has one).
+    flags: tuple[str, ...]
+    #: One line for ``--help``; the default is appended.
+    help: str
+    #: How a value is read: "size" (``64KiB``), "seconds", "int", "str",
+    #: "choice", "switch" (``true``/``false`` to the field's on/off values),
+    #: or "no" (a ``--no-x`` flag that sets False).
+    kind: str
+    #: For "choice": the accepted values.
+    choices: tuple[str, ...] = ()
+    #: For "switch": the field's values for ``true`` and ``false``.
+    on: Any = True
+    off: Any = False
+    #: Read by the process (CLI), not by a server: ``serve()`` refuses it.
+    process: bool = False
+    metavar: str | None = None
+
+
+def option(default: Any, *flags: str, help: str, kind: str, **extra: Any) -> Any:
+    """A Config field with its CLI description (``Option``) as metadata."""
+    return field(default=default, metadata={"cli": Option(tuple(flags), help, kind, **extra)})
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """Limits and timeouts of a server; see ``docs/limits.md`` for each one."""
+    """Every option of a server; see ``docs/limits.md`` for the limits."""
 
+    # -- where and how to run (the CLI; serve() takes host/port as arguments)
+    #: Address to bind (``None``: every interface).
+    host: str | None = option("127.0.0.1", "--host", help="bind address", kind="str")
+    #: TCP port to bind (0: any free port).
+    port: int = option(8000, "--port", help="bind port", kind="int")
+    #: Bind to this Unix domain socket instead of host/port.
+    uds: str | None = option(None, "--uds", help="bind to this Unix domain socket instead", kind="str", metavar="PATH")
+    #: Worker processes sharing the port with SO_REUSEPORT (CLI only).
+    workers: int = option(1, "--workers", help="worker processes sharing the port with SO_REUSEPORT", kind="int", process=True)
+    #: Event loop: "auto" (uvloop if installed), "asyncio" or "uvloop" (CLI only).
+    loop: str = option(
+        "auto", "--loop", help="event loop (auto = uvloop if installed)", kind="choice",
+        choices=("auto", "asyncio", "uvloop"), process=True,
+    )
+    #: Log level of the ``fastws`` loggers (CLI only).
+    log_level: str = option(
+        "info", "--log-level", help="log level", kind="choice",
+        choices=("critical", "error", "warning", "info", "debug", "trace"), process=True,
+    )
+    #: Listen backlog passed to ``listen()``.
+    backlog: int = option(2048, "--backlog", help="listen backlog", kind="int")
+    #: Log one line per connection (logger ``fastws.access``).
+    access_log: bool = option(True, "--no-access-log", help="no log line per connection", kind="no")
+    #: ``Server`` header of every response (101 and HTTP errors); ``None``
+    #: sends none.
+    server_header: str | None = option(
+        "fastws", "--server-header", help="Server header of every response; 'none' sends none", kind="str"
+    )
+
+    # -- limits -------------------------------------------------------
     #: Largest message (reassembled payload) accepted, in bytes; over it the
     #: connection is closed with 1009. ``None``: no limit.
-    max_message_size: int | None = 2**20
+    max_message_size: int | None = option(
+        2**20, "--max-message-size", "--ws-max-size", help="largest message in bytes, e.g. 1MiB; 'none' for no limit", kind="size"
+    )
     #: Largest request line + header block of the handshake, in bytes; over
     #: it the server answers 431.
-    max_header_size: int = 16 * 1024
+    max_header_size: int = option(16 * 1024, "--max-header-size", help="largest handshake header block in bytes", kind="size")
     #: Seconds a client has to complete its opening handshake.
-    open_timeout: float | None = 10.0
-    #: Seconds to wait for the peer's close frame (and TCP close) after ours.
-    close_timeout: float | None = 10.0
+    open_timeout: float | None = option(10.0, "--open-timeout", help="seconds to complete the handshake", kind="seconds")
+    #: Seconds to wait for the peer's close frame (and TCP close) after ours;
+    #: also how long a server that stops waits for its connections.
+    close_timeout: float | None = option(
+        10.0, "--timeout-graceful-shutdown", "--close-timeout",
+        help="seconds to wait for clients to close on shutdown", kind="seconds",
+    )
     #: High-water mark of a connection's write buffer, in bytes: above it the
     #: connection stops reading from the peer (callback level) and
     #: ``await send()`` waits (coroutine level) until it drains.
-    write_limit: int = 64 * 1024
+    write_limit: int = option(
+        64 * 1024, "--write-limit", help="write buffer high-water mark per connection; above it reading from that peer pauses", kind="size"
+    )
     #: Hard cap of a connection's write buffer, in bytes; a peer that lets
     #: more pile up (it does not read) is disconnected. ``None``: no cap.
-    max_write_buffer: int | None = 16 * 2**20
+    max_write_buffer: int | None = option(
+        16 * 2**20, "--max-write-buffer",
+        help="write buffer cap per connection; a peer that lets more pile up is dropped; 'none' for no cap", kind="size",
+    )
     #: Coroutine level: messages held for a handler that has not called
     #: ``recv()`` yet before reading from the socket pauses.
-    max_queue: int | None = 16
+    max_queue: int | None = option(
+        16, "--ws-max-queue", help="coroutine level: queued messages before reading pauses", kind="int"
+    )
     #: Coroutine level keepalive: seconds between pings, and seconds to wait
     #: for the pong before closing with 1011. ``None``: off.
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
-    #: Listen backlog passed to ``listen()``.
-    backlog: int = 2048
-    #: ``Server`` header value; ``None`` sends none.
-    server_header: str | None = "fastws"
-    #: Log one line per connection (logger ``fastws.access``).
-    access_log: bool = True
-    #: Negotiate permessage-deflate (RFC 7692) with clients that offer it:
-    #: ``"deflate"``, or ``None`` to decline every offer. docs/compression.md.
-    compression: str | None = "deflate"
-    #: permessage-deflate: LZ77 window of the server's compressor, as log2
-    #: bytes (8-15; 12 = 4 KiB). A client may ask for less, never more.
-    deflate_server_max_window_bits: int = 12
+    ping_interval: float | None = option(
+        20.0, "--ws-ping-interval", help="coroutine level: seconds between keepalive pings", kind="seconds"
+    )
+    ping_timeout: float | None = option(
+        20.0, "--ws-ping-timeout", help="coroutine level: seconds to wait for a pong", kind="seconds"
+    )
+
+    # -- permessage-deflate (RFC 7692), docs/compression.md --------------
+    #: Negotiate permessage-deflate with clients that offer it:
+    #: ``"deflate"``, or ``None`` to decline every offer.
+    compression: str | None = option(
+        "deflate", "--ws-per-message-deflate", help="negotiate permessage-deflate compression with clients that offer it",
+        kind="switch", on="deflate", off=None,
+    )
+    #: LZ77 window of the server's compressor, as log2 bytes (8-15; 12 =
+    #: 4 KiB). A client may ask for less, never more.
+    deflate_server_max_window_bits: int = option(
+        12, "--ws-deflate-server-max-window-bits", help="log2 of the server compressor's window (8-15)", kind="int"
+    )
     #: Window asked of clients that allow it (8-15); ``None``: don't ask
     #: (they may use 15, and the server inflates with a 32 KiB window).
-    deflate_client_max_window_bits: int | None = 12
+    deflate_client_max_window_bits: int | None = option(
+        12, "--ws-deflate-client-max-window-bits", help="log2 of the window asked of clients (8-15); 'none' asks nothing", kind="int"
+    )
     #: Reset the compressor (server) / ask clients to reset theirs after
     #: every message: zlib memory is then freed between messages, at the
     #: cost of compression across similar messages.
-    deflate_server_no_context_takeover: bool = False
-    deflate_client_no_context_takeover: bool = False
+    deflate_server_no_context_takeover: bool = option(
+        False, "--ws-deflate-server-no-context-takeover", help="reset the server's compressor after every message",
+        kind="switch",
+    )
+    deflate_client_no_context_takeover: bool = option(
+        False, "--ws-deflate-client-no-context-takeover", help="ask clients to reset their compressor after every message",
+        kind="switch",
+    )
     #: zlib compression level (0-9, -1 = zlib's default 6) and memLevel (1-9;
     #: 5 = a 16 KiB hash table) of the server's compressor.
-    deflate_level: int = 6
-    deflate_mem_level: int = 5
+    deflate_level: int = option(6, "--ws-deflate-level", help="zlib compression level (0-9, -1 = zlib's default)", kind="int")
+    deflate_mem_level: int = option(5, "--ws-deflate-mem-level", help="zlib memLevel of the compressor (1-9)", kind="int")
     #: Messages shorter than this (bytes) are sent uncompressed, which RFC
     #: 7692 allows for any message.
-    deflate_min_size: int = 32
+    deflate_min_size: int = option(32, "--ws-deflate-min-size", help="messages shorter than this are sent uncompressed", kind="size")
 
     def __post_init__(self) -> None:
+        for name in ("max_message_size", "max_write_buffer", "max_queue"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, or None for no limit")
+        for name in ("max_header_size", "write_limit", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("open_timeout", "close_timeout", "ping_interval", "ping_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, or None for off")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be between 0 and 65535")
+        if self.backlog < 0:
+            raise ValueError("backlog must be >= 0")
         if self.compression not in (None, "deflate"):
             raise ValueError(f"unsupported compression: {self.compression!r} (use 'deflate' or None)")
         if not 8 <= self.deflate_server_max_window_bits <= 15:
@@ -87,6 +187,11 @@ class Config:
     def replace(self, **changes: object) -> "Config":
         """A copy with some options changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def options() -> list[tuple[dataclasses.Field[Any], Option]]:
+    """Every Config field with its CLI description, in declaration order."""
+    return [(f, f.metadata["cli"]) for f in dataclasses.fields(Config)]
 
 
 DEFAULTS = Config()

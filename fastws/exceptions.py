@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .types import Close, CloseCode
 
 __all__ = [
     "Close",
+    "ProtocolError",
     "WebSocketException",
     "ConnectionClosed",
     "ConnectionClosedOK",
@@ -23,17 +24,6 @@ __all__ = [
 
 class WebSocketException(Exception):
     """Base class for every exception fastws raises on purpose."""
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """A close frame's content: ``code`` and ``reason`` (as in websockets)."""
-
-    code: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.code} ({self.reason})" if self.reason else str(self.code)
 
 
 class ConnectionClosed(WebSocketException):
@@ -69,7 +59,7 @@ class ConnectionClosed(WebSocketException):
     @property
     def code(self) -> int:
         """The close code: the received one, or 1006 (abnormal closure)."""
-        return 1006 if self.rcvd is None else self.rcvd.code
+        return CloseCode.ABNORMAL_CLOSURE if self.rcvd is None else self.rcvd.code
 
     @property
     def reason(self) -> str:
@@ -131,6 +121,21 @@ class NegotiationError(InvalidHandshake):
 
 class PayloadTooBig(WebSocketException):
     """A message exceeded ``max_size`` (close code 1009)."""
+
+
+class ProtocolError(WebSocketException):
+    """The peer broke RFC 6455 (or RFC 7692); the connection must be failed.
+
+    ``code`` is the close code to fail it with: 1002 (protocol error), 1007
+    (invalid UTF-8) or 1009 (message too big). ``str(exc)`` names the rule.
+    Both builds of the codec raise this one class.
+    """
+
+    code: int
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ConcurrencyError(WebSocketException, RuntimeError):

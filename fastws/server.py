@@ -1,5 +1,8 @@
-"""The listening server: ``serve()``, ``Server`` and what connections share.
+"""The server layer: ``serve()``, ``Server`` and what connections share.
 
+Owns listening (TCP or Unix socket, TLS from ``ssl``), choosing the face for
+the user's handler, the state shared by a server's connections (a
+``ServerContext`` for the connection layer), shutdown, and ``basic_auth``.
 ``serve`` is shaped like ``websockets.asyncio.server.serve``: await it, or use
 it as an async context manager, and get a :class:`Server` with ``close()``,
 ``wait_closed()``, ``serve_forever()``, ``sockets`` and ``connections``.
@@ -18,12 +21,12 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
-from .compression import negotiate as negotiate_deflate
-from .config import DEFAULTS, Config
-from .exceptions import InvalidHeader, InvalidOrigin, NegotiationError
-from .http import Request, Response, make_response, upgrade_required
-from . import _impl
-from .protocol import CLOSED, CONNECTING, OPEN, Connection
+from .config import DEFAULTS, Config, options
+from .connection import Connection
+from .faces.asyncio import coroutine_face
+from .faces.callback import callback_face
+from .protocol.http import Request, Response, make_response
+from .types import CloseCode, State
 
 __all__ = ["Server", "basic_auth", "serve", "unix_serve", "resolve_handler"]
 
@@ -35,23 +38,19 @@ ProcessRequest = Callable[[Any, Request], "Response | None | Awaitable[Response 
 _ALIASES = {"max_size": "max_message_size"}
 
 
-def resolve_handler(handler: Any, create_connection: type | None = None) -> tuple[Callable[[], Any], bool]:
-    """Turn what the user passed into a per-connection handler factory.
+def resolve_handler(handler: Any, create_connection: type | None = None) -> Callable[[Connection], None]:
+    """The face that serves ``handler``: what each new connection attaches.
 
-    Returns ``(factory, is_coroutine)``. Accepted: an ``async def
-    handler(ws)`` (coroutine level), a handler class or any zero-argument
-    factory (one handler per connection), or a handler instance (shared).
+    Accepted: an ``async def handler(ws)`` (coroutine level), a handler class
+    or any zero-argument factory (one handler per connection), or a handler
+    instance (shared by every connection).
     """
     if inspect.iscoroutinefunction(handler):
-        from .asyncio import coroutine_handler_factory
-
-        return coroutine_handler_factory(handler, create_connection), True
-    if isinstance(handler, type) or (
-        callable(handler) and not hasattr(handler, "on_message")
-    ):
-        return handler, False
+        return coroutine_face(handler, create_connection)
+    if isinstance(handler, type) or (callable(handler) and not hasattr(handler, "on_message")):
+        return callback_face(handler)
     if hasattr(handler, "on_message"):
-        return (lambda: handler), False
+        return callback_face(lambda: handler)
     raise TypeError(
         "handler must be an async function handler(ws), a handler class with "
         f"on_message(ws, data, is_text), or an instance of one; got {handler!r}"
@@ -59,7 +58,7 @@ def resolve_handler(handler: Any, create_connection: type | None = None) -> tupl
 
 
 class ServerState:
-    """What every connection of one server shares (config, hooks, registry)."""
+    """What every connection of one server shares (a ``ServerContext``)."""
 
     def __init__(
         self,
@@ -71,117 +70,29 @@ class ServerState:
         subprotocols: Sequence[str] | None = None,
         select_subprotocol: Callable[[Any, Sequence[str]], str | None] | None = None,
         origins: Sequence[str | re.Pattern[str] | None] | None = None,
-        server_header: str | None = None,
         create_connection: type | None = None,
     ) -> None:
         self.config = config
-        self.make_handler, self.is_coroutine = resolve_handler(handler, create_connection)
+        self.attach_face = resolve_handler(handler, create_connection)
         self.connections: set[Connection] = set()
-        self._process_request = process_request
+        self.process_request = process_request
         self.process_response = process_response
         self.subprotocols = list(subprotocols) if subprotocols else None
         self.select_subprotocol = select_subprotocol
         self.origins = origins
-        self.tasks: set[asyncio.Task[Any]] = set()
-        header = config.server_header if server_header is None else server_header
-        self.extra_101 = f"Server: {header}\r\n".encode("latin-1") if header else b""
+        self.tasks: set[asyncio.Future[Any]] = set()
 
-    def track_task(self, task: "asyncio.Task[Any] | asyncio.Future[Any]") -> None:
+    def track_task(self, task: "asyncio.Future[Any]") -> None:
         """Keep a reference to a background task until it ends."""
-        self.tasks.add(task)  # type: ignore[arg-type]
+        self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-
-    def process_request(self, conn: Connection, request: Request) -> Any:
-        """The user's hooks in order: the ``process_request`` option, then the
-        handler's own ``process_request`` method. The first answer wins."""
-        hook = self._process_request
-        user = conn._handler_public()
-        if hook is not None:
-            result = hook(user, request)
-            if inspect.isawaitable(result):
-                return self._chain_async(result, conn, request)
-            if result is not None:
-                return result
-        method = getattr(conn._handler, "process_request", None)
-        if method is not None:
-            return method(user, request)
-        return None
-
-    async def _chain_async(self, first: Awaitable[Any], conn: Connection, request: Request) -> Any:
-        result = await first
-        if result is not None:
-            return result
-        method = getattr(conn._handler, "process_request", None)
-        if method is not None:
-            result = method(conn._handler_public(), request)
-            if inspect.isawaitable(result):
-                result = await result
-        return result
-
-    def plain_http_response(self, conn: Connection, request: Request) -> Response:
-        """The answer to a request that is not a WebSocket upgrade."""
-        return upgrade_required(request)
-
-    def negotiate(self, conn: Connection, request: Request) -> bytes:
-        """Origin check, subprotocol and extension choice; extra header lines
-        for the 101. Sets ``conn.subprotocol`` and, when permessage-deflate
-        is agreed, ``conn._deflate``."""
-        headers = request.headers
-        if self.origins is not None:
-            origins = headers.get_all("Origin")
-            if len(origins) > 1:
-                raise InvalidHeader("repeated Origin header")
-            origin = origins[0] if origins else None
-            for allowed in self.origins:
-                if allowed == origin or (
-                    isinstance(allowed, re.Pattern) and origin is not None and allowed.fullmatch(origin)
-                ):
-                    break
-            else:
-                raise InvalidOrigin(f"origin {origin!r} is not allowed")
-        extra = self.extra_101
-        # Subprotocol names are case-sensitive, unlike the tokens of
-        # parse_tokens, so the raw values are split here.
-        offered = [
-            p.strip()
-            for value in headers.get_all("Sec-WebSocket-Protocol")
-            for p in value.split(",")
-            if p.strip()
-        ]
-        chosen: str | None = None
-        if self.select_subprotocol is not None:
-            chosen = self.select_subprotocol(conn._handler_public(), offered)
-            if chosen is not None and chosen not in offered:
-                raise NegotiationError(f"select_subprotocol chose {chosen!r}, which the client did not offer")
-        elif self.subprotocols:
-            if not offered:
-                raise NegotiationError("missing subprotocol")
-            for candidate in self.subprotocols:
-                if candidate in offered:
-                    chosen = candidate
-                    break
-            else:
-                raise NegotiationError(
-                    "invalid subprotocol; expected one of " + ", ".join(self.subprotocols)
-                )
-        if chosen is not None:
-            conn.subprotocol = chosen
-            extra += f"Sec-WebSocket-Protocol: {chosen}\r\n".encode("latin-1")
-        if self.config.compression is not None:
-            offers = headers.get_all("Sec-WebSocket-Extensions")
-            if offers:
-                agreed = negotiate_deflate(offers, self.config)
-                if agreed is not None:
-                    conn._deflate = agreed[1]
-                    extra += f"Sec-WebSocket-Extensions: {agreed[0]}\r\n".encode("latin-1")
-        return extra
 
 
 class Server:
     """A running WebSocket server (returned by :func:`serve`)."""
 
-    def __init__(self, state: ServerState) -> None:
-        self._state = state
+    def __init__(self, context: ServerState) -> None:
+        self._context = context
         self._server: asyncio.Server | None = None
         self._closing: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
@@ -190,7 +101,7 @@ class Server:
     @property
     def config(self) -> Config:
         """The server's limits and timeouts."""
-        return self._state.config
+        return self._context.config
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -202,12 +113,11 @@ class Server:
     @property
     def connections(self) -> set[Any]:
         """The open connections (the objects handlers receive)."""
-        return {c._handler_public() for c in self._state.connections if c._state == OPEN}
+        return {c.public for c in self._context.connections if c.state is State.OPEN}
 
     async def _listen(self, create: Callable[[Callable[[], Any]], Awaitable[asyncio.Server]]) -> None:
-        state = self._state
-        connection = _impl.Connection
-        self._server = await create(lambda: connection(state))
+        context = self._context
+        self._server = await create(lambda: Connection(context))
 
     def is_serving(self) -> bool:
         """True while the server accepts new connections."""
@@ -233,7 +143,7 @@ class Server:
         """The event loop the server runs on."""
         return self._loop
 
-    def close(self, close_connections: bool = True, code: int = 1001, reason: str = "") -> None:
+    def close(self, close_connections: bool = True, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         """Stop accepting; close open connections with ``code`` (1001).
 
         Then wait (up to ``close_timeout``) for connections to close and for
@@ -248,26 +158,26 @@ class Server:
     async def _close(self, close_connections: bool, code: int, reason: str) -> None:
         if self._server is not None:
             self._server.close()
-        conns = list(self._state.connections)
+        conns = list(self._context.connections)
         if close_connections:
             for conn in conns:
-                if conn._state == OPEN:
+                if conn.state is State.OPEN:
                     conn.close(code, reason)
-                elif conn._state == CONNECTING:
+                elif conn.state is State.CONNECTING:
                     conn.abort()
-        deadline = self._state.config.close_timeout if close_connections else None
+        deadline = self._context.config.close_timeout if close_connections else None
         loop = asyncio.get_running_loop()
         end = None if deadline is None else loop.time() + deadline
-        waiters = [asyncio.ensure_future(c.wait_closed()) for c in conns if c._state != CLOSED]
+        waiters = [asyncio.ensure_future(c.wait_closed()) for c in conns if c.state is not State.CLOSED]
         if waiters:
             _, pending = await asyncio.wait(waiters, timeout=deadline)
-            for conn in list(self._state.connections):
+            for conn in list(self._context.connections):
                 conn.abort()
             for w in pending:
                 w.cancel()
         # Handlers may still be cleaning up after their connection ended
         # (finally: blocks); give them what is left of the deadline.
-        tasks = list(self._state.tasks)
+        tasks = list(self._context.tasks)
         if tasks:
             left = None if end is None else max(0.0, end - loop.time())
             _, late = await asyncio.wait(tasks, timeout=left)
@@ -292,6 +202,11 @@ class Server:
         await self.wait_closed()
 
 
+_PROCESS_OPTIONS = {f.name for f, opt in options() if opt.process}
+# host/port/uds are serve()'s arguments (host, port, path), as in websockets.
+_SERVER_OPTIONS = {f.name for f, opt in options() if not opt.process} - {"host", "port", "uds"}
+
+
 def _split_options(options: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
     config = options.pop("config", None) or DEFAULTS
     changes: dict[str, Any] = {}
@@ -303,7 +218,9 @@ def _split_options(options: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
             options[key] = options[key][0]
     for key in list(options):
         name = _ALIASES.get(key, key)
-        if name in Config.__dataclass_fields__:
+        if name in _PROCESS_OPTIONS:
+            raise TypeError(f"{name} is an option of the `fastws serve` command, not of serve()")
+        if name in _SERVER_OPTIONS:
             changes[name] = options.pop(key)
     if changes:
         config = config.replace(**changes)
@@ -316,46 +233,52 @@ _STATE_OPTIONS = {
     "subprotocols",
     "select_subprotocol",
     "origins",
-    "server_header",
     "create_connection",
 }
 # Accepted for websockets compatibility and deliberately unused (docs/migration.md).
 _IGNORED_OPTIONS = {"logger", "extensions", "extra_headers"}
 
 
+_UNSET: Any = object()
+
+
 class serve:
     """Start a WebSocket server: ``await serve(...)`` or ``async with serve(...)``.
 
     ``handler`` is an ``async def handler(ws)`` (coroutine level) or a
-    handler class / instance with ``on_message`` (callback level). Options
-    are keyword-only: every field of :class:`fastws.Config` (``max_size`` is
-    accepted for ``max_message_size``, as in ``websockets``;
-    ``compression="deflate"``, the default, negotiates permessage-deflate
-    and ``None`` declines it), plus
+    handler class / instance with ``on_message`` (callback level).
+    ``host`` and ``port`` are as in ``websockets`` (``host=None``: every
+    interface); when neither is given, nor ``sock`` or ``path``, the
+    ``config``'s ``host``/``port``/``uds`` are used. Options are
+    keyword-only: every field of :class:`fastws.Config` but the process
+    ones (``workers``, ``loop``, ``log_level``; ``max_size`` is accepted
+    for ``max_message_size``, as in ``websockets``), plus
     ``process_request``, ``process_response``, ``subprotocols``,
-    ``select_subprotocol``, ``origins``, ``sock``, ``ssl``, ``reuse_port``.
+    ``select_subprotocol``, ``origins``, ``create_connection``, ``sock``,
+    ``ssl``, ``reuse_port`` (what is left goes to ``loop.create_server``).
     """
 
-    def __init__(self, handler: Any, host: str | Sequence[str] | None = None, port: int | None = None, **options: Any) -> None:
+    def __init__(self, handler: Any, host: Any = _UNSET, port: Any = _UNSET, **options: Any) -> None:
         config, rest = _split_options(dict(options))
         state_kwargs = {k: rest.pop(k) for k in list(rest) if k in _STATE_OPTIONS}
         self._unix_path = rest.pop("path", None)
         for ignored in _IGNORED_OPTIONS:
             rest.pop(ignored, None)
+        if host is _UNSET and port is _UNSET and self._unix_path is None and rest.get("sock") is None:
+            host, port, self._unix_path = config.host, config.port, config.uds
         # What is left goes to loop.create_server(), as in websockets.
-        listen_kwargs = rest
-        self._state = ServerState(handler, config, **state_kwargs)
-        self._host = host
-        self._port = port
-        self._listen_kwargs = listen_kwargs
+        self._context = ServerState(handler, config, **state_kwargs)
+        self._host = None if host is _UNSET else host
+        self._port = None if port is _UNSET else port
+        self._listen_kwargs = rest
         self.server: Server | None = None
 
     async def _create(self) -> Server:
-        state = self._state
-        server = Server(state)
+        context = self._context
+        server = Server(context)
         loop = asyncio.get_running_loop()
         kwargs = dict(self._listen_kwargs)
-        backlog = state.config.backlog
+        backlog = context.config.backlog
         if self._unix_path is not None or (kwargs.get("sock") is not None and kwargs["sock"].family == socket.AF_UNIX):
 
             async def create(factory: Callable[[], Any]) -> asyncio.Server:

@@ -159,8 +159,8 @@ def import_module_or_fail(name: str) -> ModuleType:
 
 def compiled_available() -> bool:
     try:
-        import fastws._frame  # noqa: F401
-        import fastws._handshake  # noqa: F401
+        import fastws.codec._frame  # noqa: F401
+        import fastws.codec._handshake  # noqa: F401
     except ImportError:
         return False
     return True

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from importlib import resources
 
-from ..http import Request, Response, make_response, parse_tokens
-from ..protocol import Connection, Handler
+from ..connection import Connection
+from ..faces.callback import Handler
+from ..protocol.http import Request, Response, make_response, parse_tokens
 
 __all__ = ["EchoHandler", "index_html"]
 

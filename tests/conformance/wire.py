@@ -1,6 +1,6 @@
 """Raw-bytes client for the conformance and hostile suites.
 
-Frames are built by hand here (not with ``fastws._frame``) so that malformed
+Frames are built by hand here (not with ``fastws.codec._frame``) so that malformed
 ones — reserved bits and opcodes, non-minimal lengths, oversized or fragmented
 control frames — can be written, and so that the code under test is not its
 own oracle. The server's replies are parsed by a small parser of our own.

@@ -1,7 +1,7 @@
 """Fuzz the frame parser: the compiled reader and its pure-Python twin.
 
 Random bytes and mutated streams of valid frames, split at random points,
-go to both ``fastws._frame.FrameReader`` and ``fastws._frame_py.FrameReader``.
+go to both ``fastws.codec._frame.FrameReader`` and ``fastws.codec._frame_py.FrameReader``.
 Neither may raise anything but ``ProtocolError``; both must give the same
 events, and fail with the same code after the same chunk; and the events
 and the code must not depend on how the stream was split.
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-import fastws._frame_py as twin
+import fastws.codec._frame_py as twin
 from tests.fuzz.conftest import FUZZ
 
 NO_EXTENSIONS = os.environ.get("FASTWS_NO_EXTENSIONS", "") not in ("", "0")
@@ -26,7 +26,7 @@ NO_EXTENSIONS = os.environ.get("FASTWS_NO_EXTENSIONS", "") not in ("", "0")
 
 def _compiled() -> ModuleType | None:
     try:
-        return importlib.import_module("fastws._frame")
+        return importlib.import_module("fastws.codec._frame")
     except ImportError:
         if NO_EXTENSIONS:
             return None

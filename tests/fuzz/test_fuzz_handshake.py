@@ -1,7 +1,7 @@
 """Fuzz the opening handshake.
 
 Random bytes, and requests built from mutated parts of a valid upgrade,
-go (1) to httptools and ``fastws.http.check_request`` exactly as the
+go (1) to httptools and ``fastws.protocol.http.check_request`` exactly as the
 protocol uses them: nothing may escape but httptools' ``HttpParserError``
 and fastws' ``InvalidHandshake``; and (2) to a real ``Connection`` on a fake
 transport, split at random points: it answers with a 101 or an HTTP error
@@ -21,11 +21,11 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fastws import _impl
+from fastws.connection import Connection
 from fastws.config import DEFAULTS
 from fastws.demo import EchoHandler
 from fastws.exceptions import InvalidHandshake
-from fastws.http import Headers, Request, check_request
+from fastws.protocol.http import Headers, Request, check_request
 from fastws.server import ServerState
 from tests.conftest import UPGRADE
 from tests.fuzz.conftest import FUZZ
@@ -204,7 +204,7 @@ STATUSES = {101, 200, 400, 403, 404, 405, 426, 431}
 
 async def _drive(chunks: list[bytes]) -> tuple[Any, FakeTransport]:
     state = ServerState(EchoHandler, DEFAULTS.replace(access_log=False))
-    conn = _impl.Connection(state)
+    conn = Connection(state)
     transport = FakeTransport()
     conn.connection_made(transport)
     for chunk in chunks:

@@ -1,6 +1,6 @@
 """Clients that vanish at every byte offset of a handshake and of a frame.
 
-In-process server (the codec ``fastws._impl`` picked: compiled unless
+In-process server (the codec ``fastws._select`` picked: compiled unless
 FASTWS_NO_EXTENSIONS=1), so that its connection registry can be inspected:
 after each batch it must be empty again, and the log must hold no traceback
 and no ERROR record (asyncio's "exception in callback" included).
@@ -21,7 +21,7 @@ import pytest
 
 from fastws.demo import EchoHandler
 from tests.conformance.wire import binary, close, ping, text
-from fastws._impl import NO_EXTENSIONS
+from fastws._select import NO_EXTENSIONS
 from tests.conftest import ROOT, UPGRADE, serving, unit
 
 # Handshake, then a 16-bit-length text frame (header 8 bytes), a ping and a
@@ -74,9 +74,9 @@ async def _vanish(port: int, data: bytes, how: str, after_101: bool = False) -> 
 
 async def _wait_no_connections(server, timeout: float) -> int:
     deadline = time.monotonic() + timeout
-    while server._state.connections and time.monotonic() < deadline:
+    while server._context.connections and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    return len(server._state.connections)
+    return len(server._context.connections)
 
 
 @pytest.mark.parametrize("how", ["fin", "rst", "half"])
@@ -121,7 +121,7 @@ async def test_disconnect_at_every_offset(how, after_101, caplog):
 @pytest.mark.skipif(NO_EXTENSIONS, reason="this run already uses the pure-Python codec")
 def test_disconnects_with_the_pure_codec():
     """The same tests with the pure-Python twins: the codec is picked once
-    per process (fastws._impl), so they run in a child pytest."""
+    per process (fastws._select), so they run in a child pytest."""
     env = dict(os.environ, FASTWS_NO_EXTENSIONS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_disconnect_at_every_offset"],

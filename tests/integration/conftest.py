@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from fastws import Handler
-from fastws._frame_py import OP_CLOSE, FrameReader, encode_frame, parse_close
+from fastws.codec._frame_py import OP_CLOSE, FrameReader, encode_frame, parse_close
 from fastws.demo import EchoHandler
 
 from ..conftest import ROOT, ServerProcess, compiled_available, handshake, raw_connect, unit

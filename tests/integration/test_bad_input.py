@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from fastws._frame_py import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT
+from fastws.codec._frame_py import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT
 
 from ..conftest import UPGRADE, raw_connect, serving, unit
 from .conftest import MASK, FrameStream, client_frame, eventually, open_ws, port_of, recording
@@ -87,7 +87,7 @@ async def test_protocol_violation_gets_close_code_then_tcp_close(name: str, capl
         (got, reason), eof = await asyncio.to_thread(violate, port_of(url), data)
         assert got == code, reason
         assert eof, "server did not close TCP after failing the connection"
-        await eventually(lambda: not server._state.connections, what="connection to go")
+        await eventually(lambda: not server._context.connections, what="connection to go")
         # The server still serves.
         close, _ = await asyncio.to_thread(violate, port_of(url), client_frame(OP_CLOSE, struct.pack("!H", 1000)))
         assert close[0] == 1000
@@ -198,9 +198,9 @@ async def test_fifty_clients_vanishing_leave_no_connection(caplog: pytest.LogCap
         rngs = [random.Random(seed) for seed in range(50)]
         await asyncio.gather(*(asyncio.to_thread(vanish, port, rng) for rng in rngs))
         await eventually(
-            lambda: len(server.connections) == 0 and len(server._state.connections) == 0,
+            lambda: len(server.connections) == 0 and len(server._context.connections) == 0,
             timeout=5,
-            what=f"connections to drain: {server._state.connections}",
+            what=f"connections to drain: {server._context.connections}",
         )
         # Every connection that opened was reported closed, exactly once.
         await eventually(lambda: len(log.of("connect")) == len(log.of("close")), what="on_close for each")

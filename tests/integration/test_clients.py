@@ -324,7 +324,7 @@ async def test_many_concurrent_clients() -> None:
 
         await asyncio.gather(*(client(n) for n in range(100)))
         await eventually(lambda: len(log.closes()) == 100, what="100 on_close")
-        await eventually(lambda: not server._state.connections, what="no connection left")
+        await eventually(lambda: not server._context.connections, what="no connection left")
     assert len(log.of("message")) == 2000
     assert set(log.closes()) == {(1000, "")}
 
@@ -459,7 +459,7 @@ async def test_vanishing_client_gives_1006_without_traceback(caplog: pytest.LogC
         ws2.transport.abort()
         await eventually(lambda: len(log.closes()) == 2, what="second on_close")
         assert log.closes()[1] == (1006, "")
-        await eventually(lambda: not server.connections and not server._state.connections, what="cleanup")
+        await eventually(lambda: not server.connections and not server._context.connections, what="cleanup")
     assert "Traceback" not in caplog.text
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING]
 

@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 
 import fastws
-from fastws._frame_py import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, FLAG_RSV1, FrameReader, encode_frame, parse_close
+from fastws.codec._frame_py import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, FLAG_RSV1, FrameReader, encode_frame, parse_close
 from fastws.demo import EchoHandler
 
 from ..conftest import CODECS, ServerProcess, compiled_available, raw_connect, serving, unit

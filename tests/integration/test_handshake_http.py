@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from fastws import Handler
-from fastws._frame_py import OP_CLOSE, OP_TEXT
+from fastws.codec._frame_py import OP_CLOSE, OP_TEXT
 from fastws.demo import EchoHandler
 
 from ..conftest import UPGRADE, raw_connect, serving, unit
@@ -121,7 +121,7 @@ async def test_400_with_plain_text_reason(request_bytes: bytes, words: list[str]
     async with serving(EchoHandler) as (server, url):
         reply = await exchange(url, request_bytes)
         assert_rejected(reply, 400, *words)
-        await eventually(lambda: not server._state.connections, what="rejected connection to go")
+        await eventually(lambda: not server._context.connections, what="rejected connection to go")
 
 
 async def test_405_for_post_upgrade() -> None:
@@ -249,7 +249,7 @@ async def test_stalled_handshake_is_dropped_after_open_timeout() -> None:
         data, elapsed = await asyncio.to_thread(stall, port_of(url))
         assert data == b""  # dropped, no HTTP answer to half a request
         assert 0.3 <= elapsed < unit(5), elapsed
-        await eventually(lambda: not server._state.connections, what="stalled connection to go")
+        await eventually(lambda: not server._context.connections, what="stalled connection to go")
 
 
 async def test_completed_handshake_is_not_subject_to_open_timeout() -> None:

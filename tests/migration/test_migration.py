@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
-from fastws._frame_py import OP_CLOSE, OP_PING, parse_close
+from fastws.codec._frame_py import OP_CLOSE, OP_PING, parse_close
 
 from ..conftest import UPGRADE, unit
 from .harness import LIBS, eventually, load, migrate, running

@@ -14,12 +14,12 @@ import zlib
 
 import pytest
 
-from fastws import _frame_py
+from fastws.codec import _frame_py
 from fastws.cli import build_parser, config_from_args
-from fastws.compression import PerMessageDeflate, negotiate, parse_extensions
+from fastws.codec.compression import PerMessageDeflate, negotiate, parse_extensions
 from fastws.config import DEFAULTS, Config
 from fastws.exceptions import InvalidHeaderValue
-from fastws._impl import frame as codec
+from fastws.codec import frame as codec
 
 TAIL = b"\x00\x00\xff\xff"
 PMD = "permessage-deflate"

@@ -1,7 +1,7 @@
 """Frame codec: the compiled module and its pure-Python twin, one suite.
 
 Every table test takes the ``frame`` fixture, which runs it once against
-``fastws._frame_py`` and once against ``fastws._frame``. A missing compiled
+``fastws.codec._frame_py`` and once against ``fastws.codec._frame``. A missing compiled
 module is a failure, not a skip, unless ``FASTWS_NO_EXTENSIONS`` is set (any
 value but "" or "0", as in ``setup.py``).
 
@@ -24,7 +24,7 @@ from tests.conftest import import_module_or_fail
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-TWIN, COMPILED = "fastws._frame_py", "fastws._frame"
+TWIN, COMPILED = "fastws.codec._frame_py", "fastws.codec._frame"
 
 MASK = b"\x37\xfa\x21\x3d"
 FIN = 0x80

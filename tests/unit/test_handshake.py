@@ -1,7 +1,7 @@
 """Handshake helpers: the compiled module and its pure-Python twin, one suite.
 
 Every test takes the ``hs`` fixture, which runs it once against
-``fastws._handshake_py`` and once against ``fastws._handshake``. A missing
+``fastws.codec._handshake_py`` and once against ``fastws.codec._handshake``. A missing
 compiled module is a failure, not a skip, unless ``FASTWS_NO_EXTENSIONS`` is
 set (as in ``setup.py``: any value but "" or "0").
 
@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-TWIN, COMPILED = "fastws._handshake_py", "fastws._handshake"
+TWIN, COMPILED = "fastws.codec._handshake_py", "fastws.codec._handshake"
 
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3
 RFC_ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="

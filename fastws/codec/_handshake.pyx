@@ -1,4 +1,4 @@
-"""Opening-handshake helpers, compiled (twin: ``fastws/_handshake_py.py``).
+"""Opening-handshake helpers, compiled (twin: ``fastws/codec/_handshake_py.py``).
 
 ``accept_key`` hashes in C: SHA-1 (FIPS 180-4) and base64 are written out
 below rather than borrowed from libcrypto, so the extension needs no OpenSSL

@@ -1,7 +1,9 @@
 """The coroutine level: ``async def handler(ws)``, a drop-in for ``websockets``.
 
-It is a callback-level handler on top of :class:`fastws.protocol.Connection`,
-not a second protocol. What it adds, and what that costs per message:
+Owns :class:`ServerConnection` (what the handler receives), the coroutine
+face that runs the handler in a task, and :func:`broadcast`. It is a face on
+the connection's declared interface, not a second protocol. What it adds,
+and what that costs per message:
 
 - a bounded receive queue (a ``deque`` append, and a future only when
   ``recv()`` is already waiting);
@@ -23,16 +25,16 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
-from . import _impl
-from .exceptions import ConcurrencyError, ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
-from .http import Request, Response
-from .protocol import CLOSED, OPEN, PAUSE_QUEUE, Connection, State
+from ..codec import frame as _frame
+from ..connection import Connection
+from ..exceptions import ConcurrencyError, ConnectionClosed, ConnectionClosedOK
+from ..protocol.http import Request, Response
+from ..types import CloseCode, PauseReason, State
 
-__all__ = ["ServerConnection", "broadcast", "coroutine_handler_factory"]
+__all__ = ["ServerConnection", "broadcast", "coroutine_face"]
 
 logger = logging.getLogger("fastws")
 
-_frame = _impl.frame
 OP_CONT: int = _frame.OP_CONT
 OP_TEXT: int = _frame.OP_TEXT
 OP_BINARY: int = _frame.OP_BINARY
@@ -64,6 +66,7 @@ class ServerConnection:
         self._ka_due = 0.0
         self._high = 0
         self._low = 0
+        self._queue_paused = False
         #: Round-trip time of the last keepalive ping, in seconds.
         self.latency: float = 0.0
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
@@ -142,8 +145,9 @@ class ServerConnection:
             raise ConcurrencyError("cannot call recv while another coroutine is already running recv")
         messages = self._messages
         if not messages:
-            if self._conn._state == CLOSED or self._conn._state == 2 and self._conn.close_rcvd is not None:
-                raise self._conn._closed_exc()
+            state = self._conn.state
+            if state is State.CLOSED or state is State.CLOSING and self._conn.close_rcvd is not None:
+                raise self._conn.close_exc
             self._recv_busy = True
             waiter = self._recv_waiter = asyncio.get_running_loop().create_future()
             try:
@@ -152,15 +156,16 @@ class ServerConnection:
                 self._recv_busy = False
                 self._recv_waiter = None
             if not messages:
-                raise self._conn._closed_exc()
+                raise self._conn.close_exc
         data, is_text = messages.popleft()
         conn = self._conn
-        if not messages and conn._deferred is not None:
+        if not messages and conn.close_pending:
             # A close arrived behind this message: let the handler answer it
             # first (its send() runs in this task step), then close.
-            asyncio.get_running_loop().call_soon(conn.run_deferred)
-        if conn._read_paused & PAUSE_QUEUE and len(messages) <= self._low:
-            conn._resume(PAUSE_QUEUE)
+            asyncio.get_running_loop().call_soon(conn.release_close)
+        if self._queue_paused and len(messages) <= self._low:
+            self._queue_paused = False
+            conn.resume_reading(PauseReason.QUEUE)
         if decode is None:
             return data.decode() if is_text else data
         return data.decode() if decode else data
@@ -215,7 +220,7 @@ class ServerConnection:
             return
         else:
             raise TypeError(f"message has unsupported type {type(message).__name__}")
-        if conn._write_paused:
+        if not conn.writable:
             await self._drain()
 
     async def _send_fragments(self, chunks: Any, text: bool | None) -> None:
@@ -232,10 +237,10 @@ class ServerConnection:
             conn.send_frame(opcode, prev, fin=False)
             opcode = OP_CONT
             prev = chunk
-            if conn._write_paused:
+            if not conn.writable:
                 await self._drain()
         conn.send_frame(opcode, prev, fin=True)
-        if conn._write_paused:
+        if not conn.writable:
             await self._drain()
 
     async def _send_async_fragments(self, chunks: AsyncIterable[Data], text: bool | None) -> None:
@@ -252,17 +257,17 @@ class ServerConnection:
             conn.send_frame(opcode, prev, fin=False)
             opcode = OP_CONT
             prev = chunk
-            if conn._write_paused:
+            if not conn.writable:
                 await self._drain()
         conn.send_frame(opcode, prev, fin=True)
-        if conn._write_paused:
+        if not conn.writable:
             await self._drain()
 
     async def _drain(self) -> None:
         conn = self._conn
-        while conn._write_paused:
-            if conn._state == CLOSED:
-                raise conn._closed_exc()
+        while not conn.writable:
+            if conn.state is State.CLOSED:
+                raise conn.close_exc
             waiter = asyncio.get_running_loop().create_future()
             self._drain_waiters.append(waiter)
             await waiter
@@ -301,7 +306,7 @@ class ServerConnection:
 
     def _bind(self, conn: Connection) -> "ServerConnection":
         self._conn = conn
-        config = conn._config
+        config = conn.config
         self._high = config.max_queue or 0
         self._low = self._high // 4
         return self
@@ -309,9 +314,9 @@ class ServerConnection:
     def _on_connect(self, conn: Connection) -> None:
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._run())
-        conn._server.track_task(self._task)
-        if conn._config.ping_interval is not None:
-            self._ka_timer = loop.call_later(conn._config.ping_interval, self._keepalive_ping)
+        conn.track_task(self._task)
+        if conn.config.ping_interval is not None:
+            self._ka_timer = loop.call_later(conn.config.ping_interval, self._keepalive_ping)
 
     def _on_message(self, conn: Connection, data: bytes, is_text: bool) -> None:
         messages = self._messages
@@ -320,7 +325,9 @@ class ServerConnection:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         if self._high and len(messages) >= self._high:
-            conn._pause(PAUSE_QUEUE)
+            if not self._queue_paused:
+                self._queue_paused = True
+                conn.pause_reading(PauseReason.QUEUE)
 
     def _on_pong(self, conn: Connection, data: bytes) -> None:
         now = time.monotonic()
@@ -353,14 +360,14 @@ class ServerConnection:
         waiter = self._recv_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        exc = conn._closed_exc()
+        exc = conn.close_exc
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_exception(exc)
         self._drain_waiters = []
         for ping_waiter, _ in self._pings.values():
             if not ping_waiter.done():
-                ping_waiter.set_exception(conn._closed_exc())
+                ping_waiter.set_exception(conn.close_exc)
                 # Nobody may be awaiting a ping's waiter; don't warn about it.
                 ping_waiter.exception()
         self._pings.clear()
@@ -374,60 +381,60 @@ class ServerConnection:
         except ConnectionClosed:
             pass
         except asyncio.CancelledError:
-            conn.close(1001, "server shutting down")
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
             raise
         except Exception:
-            logger.exception("conn %d: connection handler failed; closing with 1011", conn._num)
-            if conn._state == OPEN:
-                conn.close(1011, "internal error")
+            logger.exception("conn %d: connection handler failed; closing with 1011", conn.num)
+            if conn.state is State.OPEN:
+                conn.close(CloseCode.INTERNAL_ERROR, "internal error")
             return
-        if conn._state == OPEN:
-            conn.close(1000, "")
+        if conn.state is State.OPEN:
+            conn.close(CloseCode.NORMAL_CLOSURE, "")
 
     def _schedule_keepalive(self) -> None:
         conn = self._conn
         if self._ka_timer is not None:
             self._ka_timer.cancel()
             self._ka_timer = None
-        if conn._state == OPEN and conn._config.ping_interval is not None:
-            self._ka_timer = asyncio.get_running_loop().call_later(conn._config.ping_interval, self._keepalive_ping)
+        if conn.state is State.OPEN and conn.config.ping_interval is not None:
+            self._ka_timer = asyncio.get_running_loop().call_later(conn.config.ping_interval, self._keepalive_ping)
 
     def _keepalive_ping(self) -> None:
         conn = self._conn
         self._ka_timer = None
-        if conn._state != OPEN:
+        if conn.state is not State.OPEN:
             return
         payload = struct.pack("!I", int.from_bytes(os.urandom(4), "big"))
         self._ka_payload = payload
         self._ka_due = time.monotonic()
         conn.ping(payload)
-        timeout = conn._config.ping_timeout
+        timeout = conn.config.ping_timeout
         if timeout is not None:
             self._ka_timer = asyncio.get_running_loop().call_later(timeout, self._keepalive_timeout, time.monotonic() + timeout)
 
     def _keepalive_timeout(self, due: float) -> None:
         conn = self._conn
         self._ka_timer = None
-        if conn._state != OPEN or self._ka_payload is None:
+        if conn.state is not State.OPEN or self._ka_payload is None:
             return
         late = time.monotonic() - due
-        timeout = conn._config.ping_timeout or 0.0
+        timeout = conn.config.ping_timeout or 0.0
         if late > max(1.0, timeout / 2):
             # The timer fired far too late: our own loop was blocked, so the
             # missing pong proves nothing about the peer. Give it another turn.
             logger.warning(
                 "conn %d: keepalive check ran %.1fs late: the event loop was blocked; not closing",
-                conn._num,
+                conn.num,
                 late,
             )
             self._ka_timer = asyncio.get_running_loop().call_later(timeout, self._keepalive_timeout, time.monotonic() + timeout)
             return
         logger.info(
             "conn %d: no pong within %ss (ping_timeout): the peer is gone or stuck; closing with 1011",
-            conn._num,
+            conn.num,
             timeout,
         )
-        conn._fail(1011, "keepalive ping timeout")
+        conn.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
 
 
 def _fragment_opcode(first: Data, text: bool | None) -> int:
@@ -445,25 +452,10 @@ def _check_fragment(chunk: Data, first_is_str: bool) -> None:
         raise TypeError("all fragments must be of the same type")
 
 
-class _Callbacks:
-    """The callback-level face of one ServerConnection (what the protocol calls)."""
-
-    __slots__ = ("on_connect", "on_message", "on_pong", "on_drain", "on_close", "has_pending", "_fastws_bind")
-
-    def __init__(self, ws: ServerConnection) -> None:
-        self.on_connect = ws._on_connect
-        self.on_message = ws._on_message
-        self.on_pong = ws._on_pong
-        self.on_drain = ws._on_drain
-        self.on_close = ws._on_close
-        self.has_pending = ws._messages.__len__
-        self._fastws_bind = ws._bind
-
-
-def coroutine_handler_factory(
+def coroutine_face(
     handler: Callable[[ServerConnection], Awaitable[Any]], cls: type | None = None
-) -> Callable[[], _Callbacks]:
-    """A per-connection factory that runs ``handler(ws)`` in a task.
+) -> Callable[[Connection], None]:
+    """The face that runs ``handler(ws)`` in a task for each connection.
 
     ``cls`` (websockets' ``create_connection``) is a ServerConnection
     subclass to use instead of ServerConnection.
@@ -472,10 +464,20 @@ def coroutine_handler_factory(
     if not (isinstance(connection_class, type) and issubclass(connection_class, ServerConnection)):
         raise TypeError(f"create_connection must be a subclass of fastws.ServerConnection, got {cls!r}")
 
-    def factory() -> _Callbacks:
-        return _Callbacks(connection_class(handler))
+    def attach(conn: Connection) -> None:
+        ws = connection_class(handler)
+        ws._bind(conn)
+        conn.attach(
+            ws,
+            ws._on_connect,
+            ws._on_message,
+            ws._on_close,
+            on_pong=ws._on_pong,
+            on_drain=ws._on_drain,
+            pending=ws._messages.__len__,
+        )
 
-    return factory
+    return attach
 
 
 def broadcast(
@@ -502,25 +504,22 @@ def broadcast(
     frame = _frame.encode_frame(opcode, message)
     errors: list[Exception] = []
     for ws in connections:
-        conn = ws._conn if isinstance(ws, ServerConnection) else ws
-        if conn._state != OPEN:
-            continue
-        if isinstance(ws, ServerConnection) and ws._fragmenting is not None:
+        is_coroutine = isinstance(ws, ServerConnection)
+        conn = ws.connection if is_coroutine else ws
+        if is_coroutine and ws._fragmenting is not None and conn.state is State.OPEN:
             if raise_exceptions:
                 errors.append(ConcurrencyError("sending a fragmented message"))
             else:
-                logger.warning("conn %d: skipped broadcast: sending a fragmented message", conn._num)
+                logger.warning("conn %d: skipped broadcast: sending a fragmented message", conn.num)
             continue
         try:
-            conn._write(frame)
-            if conn._write_paused:
-                conn._check_write_buffer()
+            conn.write_frame(frame)
         except Exception as exc:
             if raise_exceptions:
                 failure = RuntimeError("failed to write message")
                 failure.__cause__ = exc
                 errors.append(failure)
             else:
-                logger.warning("conn %d: skipped broadcast: failed to write message: %s", conn._num, exc)
+                logger.warning("conn %d: skipped broadcast: failed to write message: %s", conn.num, exc)
     if errors:
         raise ExceptionGroup("skipped broadcast", errors)

@@ -2,7 +2,7 @@
 
 Sans-I/O: :class:`FrameReader` turns received bytes into events,
 :func:`encode_frame` turns a payload into frame bytes. The pure-Python twin
-:mod:`fastws._frame_py` has the same interface and behaviour.
+:mod:`fastws.codec._frame_py` has the same interface and behaviour.
 """
 
 from typing import Final
@@ -41,18 +41,7 @@ FLAG_RSV1: Final[int]
 message had RSV1 set, i.e. it is compressed (RFC 7692). The reader does not
 check the UTF-8 of such a text message: the caller does, after inflating."""
 
-class ProtocolError(Exception):
-    """The peer broke RFC 6455 (or RFC 7692); the connection must be failed.
-
-    ``str(exc)`` names the rule broken. The compiled module and the twin share
-    this class.
-    """
-
-    code: int
-    """The close code to fail the connection with: 1002 (protocol error),
-    1007 (invalid UTF-8) or 1009 (message too big)."""
-
-    def __init__(self, code: int, message: str) -> None: ...
+from fastws.exceptions import ProtocolError as ProtocolError
 
 class FrameReader:
     """Incremental parser of the frames a WebSocket peer sends.

@@ -4,7 +4,7 @@ The hot path of the server: every byte a peer sends goes through
 :meth:`FrameReader.next_event`. Per event it creates exactly one payload
 ``bytes`` object (unmasked while it is filled) and one tuple; headers are read
 through pointers, UTF-8 is checked by a table-driven DFA with an ASCII fast
-path. :mod:`fastws._frame_py` is the pure-Python twin with the same behaviour,
+path. :mod:`fastws.codec._frame_py` is the pure-Python twin with the same behaviour,
 down to the point in a byte stream where an error is raised.
 """
 
@@ -18,7 +18,8 @@ from libc.string cimport memcpy, memmove
 
 # One exception class for both implementations, so that `except
 # ProtocolError` does not depend on which one is loaded.
-from fastws._frame_py import ProtocolError
+from fastws.exceptions import ProtocolError
+from fastws.types import CloseCode
 
 __all__ = [
     "FLAG_RSV1",
@@ -272,11 +273,11 @@ cdef inline int _close_payload_error(const unsigned char* p, Py_ssize_t n) noexc
 
 cdef object _close_error(int kind, const unsigned char* p):
     if kind == CLOSE_BAD_LENGTH:
-        return ProtocolError(1002, "close frame payload of 1 byte (RFC 6455 section 5.5.1)")
+        return ProtocolError(CloseCode.PROTOCOL_ERROR, "close frame payload of 1 byte (RFC 6455 section 5.5.1)")
     if kind == CLOSE_BAD_CODE:
         return ProtocolError(
-            1002, f"invalid close code {(p[0] << 8) | p[1]} (RFC 6455 section 7.4)")
-    return ProtocolError(1007, "close reason is not valid UTF-8 (RFC 6455 section 5.5.1)")
+            CloseCode.PROTOCOL_ERROR, f"invalid close code {(p[0] << 8) | p[1]} (RFC 6455 section 7.4)")
+    return ProtocolError(CloseCode.INVALID_DATA, "close reason is not valid UTF-8 (RFC 6455 section 5.5.1)")
 
 
 # -- reader -----------------------------------------------------------------
@@ -426,27 +427,27 @@ cdef class FrameReader:
         rsv1 = (b0 & 0x40) != 0
         opcode = b0 & 0x0F
         if b0 & 0x30:
-            self._fail(1002, "RSV2/RSV3 bit set but no extension defines it (RFC 6455 section 5.2)")
+            self._fail(CloseCode.PROTOCOL_ERROR, "RSV2/RSV3 bit set but no extension defines it (RFC 6455 section 5.2)")
         if opcode >= 8:
             if opcode > OPCODE_PONG:
-                self._fail(1002, f"reserved opcode 0x{opcode:X} (RFC 6455 section 5.2)")
+                self._fail(CloseCode.PROTOCOL_ERROR, f"reserved opcode 0x{opcode:X} (RFC 6455 section 5.2)")
             if rsv1:
-                self._fail(1002, "RSV1 bit set on a control frame (RFC 7692 section 6)")
+                self._fail(CloseCode.PROTOCOL_ERROR, "RSV1 bit set on a control frame (RFC 7692 section 6)")
             if not fin:
-                self._fail(1002, "fragmented control frame (RFC 6455 section 5.5)")
+                self._fail(CloseCode.PROTOCOL_ERROR, "fragmented control frame (RFC 6455 section 5.5)")
         elif opcode > OPCODE_BINARY:
-            self._fail(1002, f"reserved opcode 0x{opcode:X} (RFC 6455 section 5.2)")
+            self._fail(CloseCode.PROTOCOL_ERROR, f"reserved opcode 0x{opcode:X} (RFC 6455 section 5.2)")
         elif opcode == OPCODE_CONT:
             if self._msg_opcode < 0:
-                self._fail(1002, "continuation frame without a message to continue (RFC 6455 section 5.4)")
+                self._fail(CloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue (RFC 6455 section 5.4)")
             if rsv1:
-                self._fail(1002, "RSV1 bit set on a continuation frame (RFC 7692 section 6)")
+                self._fail(CloseCode.PROTOCOL_ERROR, "RSV1 bit set on a continuation frame (RFC 7692 section 6)")
         else:
             if self._msg_opcode >= 0:
-                self._fail(1002, "new data frame before the fragmented message was finished "
+                self._fail(CloseCode.PROTOCOL_ERROR, "new data frame before the fragmented message was finished "
                                  "(RFC 6455 section 5.4)")
             if rsv1 and not self._rsv1_allowed:
-                self._fail(1002, "RSV1 bit set but permessage-deflate was not negotiated "
+                self._fail(CloseCode.PROTOCOL_ERROR, "RSV1 bit set but permessage-deflate was not negotiated "
                                  "(RFC 6455 section 5.2)")
         if avail < 2:
             return None
@@ -454,8 +455,8 @@ cdef class FrameReader:
         masked = (b1 & 0x80) != 0
         if masked != self._require_mask:
             if masked:
-                self._fail(1002, "server frame is masked (RFC 6455 section 5.1)")
-            self._fail(1002, "client frame is not masked (RFC 6455 section 5.1)")
+                self._fail(CloseCode.PROTOCOL_ERROR, "server frame is masked (RFC 6455 section 5.1)")
+            self._fail(CloseCode.PROTOCOL_ERROR, "client frame is not masked (RFC 6455 section 5.1)")
         length = b1 & 0x7F
         # Lengths need not use the shortest encoding: RFC 6455 section 5.2
         # says "must", but rejecting a peer over it buys nothing (also for
@@ -473,19 +474,19 @@ cdef class FrameReader:
                       | (<uint64_t>p[5] << 32) | (<uint64_t>p[6] << 24) | (<uint64_t>p[7] << 16)
                       | (<uint64_t>p[8] << 8) | <uint64_t>p[9])
             if length >> 63:
-                self._fail(1002, "64-bit payload length has the most significant bit set "
+                self._fail(CloseCode.PROTOCOL_ERROR, "64-bit payload length has the most significant bit set "
                                  "(RFC 6455 section 5.2)")
             hlen = 10
         if opcode >= 8 and length > 125:
-            self._fail(1002, "control frame payload longer than 125 bytes (RFC 6455 section 5.5)")
+            self._fail(CloseCode.PROTOCOL_ERROR, "control frame payload longer than 125 bytes (RFC 6455 section 5.5)")
         # Refuse an oversized message on its header, before buffering it.
         if opcode < 8 and self._max_size >= 0:
             room = self._max_size - self._msg_len
             if room < 0 or length > <uint64_t>room:
-                self._fail(1009, f"message of {self._msg_len + length} bytes exceeds "
+                self._fail(CloseCode.MESSAGE_TOO_BIG, f"message of {self._msg_len + length} bytes exceeds "
                                  f"max_message_size={self._max_size} (RFC 6455 section 7.4.1)")
         if length > <uint64_t>(PY_SSIZE_T_MAX - MAX_HEADER):
-            self._fail(1009, "frame length does not fit in memory (RFC 6455 section 7.4.1)")
+            self._fail(CloseCode.MESSAGE_TOO_BIG, "frame length does not fit in memory (RFC 6455 section 7.4.1)")
         n = <Py_ssize_t>length
         if masked:
             hlen += 4
@@ -511,7 +512,7 @@ cdef class FrameReader:
                     _unmask_into(dst + done, src + done, have - done, key, done)
                 state = _utf8_feed(self._utf8_state, src + done, have - done)
                 if state == UTF8_REJECT:
-                    self._fail(1007, _MSG_UTF8)
+                    self._fail(CloseCode.INVALID_DATA, _MSG_UTF8)
                 self._utf8_state = state
                 self._frame_done = have
             return None
@@ -542,7 +543,7 @@ cdef class FrameReader:
                 state = _utf8_feed(self._utf8_state, dst + done, n - done)
                 self._utf8_state = UTF8_ACCEPT
                 if state != UTF8_ACCEPT:
-                    self._fail(1007, _MSG_UTF8)
+                    self._fail(CloseCode.INVALID_DATA, _MSG_UTF8)
             return (event_opcode, payload)
 
         # A fragment: reassemble in _msg.
@@ -554,7 +555,7 @@ cdef class FrameReader:
         if check_text:
             state = _utf8_feed(self._utf8_state, dst + done, n - done)
             if state == UTF8_REJECT or (fin and state != UTF8_ACCEPT):
-                self._fail(1007, _MSG_UTF8)
+                self._fail(CloseCode.INVALID_DATA, _MSG_UTF8)
             self._utf8_state = state
         self._msg_len += n
         if not fin:
@@ -570,7 +571,7 @@ cdef class FrameReader:
             self._msg_cap = 0
         return (event_opcode, payload)
 
-    cdef int _fail(self, int code, str message) except -1:
+    cdef int _fail(self, object code, str message) except -1:
         self._finished = True
         self._release_all()
         raise ProtocolError(code, message)
@@ -767,7 +768,7 @@ def close_payload(int code, str reason=""):
     cdef const char* text
     cdef bytes out
     cdef unsigned char* dst
-    if code == 1005:
+    if code == CloseCode.NO_STATUS_RCVD:
         return b""
     if code < 0 or not _close_code_ok(<unsigned int>code):
         raise ValueError(f"close code {code} may not be sent (RFC 6455 section 7.4.1)")
@@ -794,7 +795,7 @@ def parse_close(payload):
         if kind != CLOSE_OK:
             raise _close_error(kind, p)
         if view.len == 0:
-            return (1005, "")
+            return (CloseCode.NO_STATUS_RCVD, "")
         return ((p[0] << 8) | p[1], (<const char*>p)[2:view.len].decode("utf-8"))
     finally:
         PyBuffer_Release(&view)

@@ -1,4 +1,4 @@
-"""Opening-handshake helpers, compiled (twin: ``fastws._handshake_py``).
+"""Opening-handshake helpers, compiled (twin: ``fastws.codec._handshake_py``).
 
 SHA-1 and base64 are computed in C with no per-call Python objects besides
 the returned ``bytes``; the pure-Python twin has the same names and behaviour.

@@ -1,4 +1,4 @@
-"""Pure-Python twin of :mod:`fastws._handshake`: the opening-handshake helpers.
+"""Pure-Python twin of :mod:`fastws.codec._handshake`: the opening-handshake helpers.
 
 Same names, same behaviour, same exceptions as the compiled module; it is used
 when the extension is not built (or ``FASTWS_NO_EXTENSIONS=1``) and as the

@@ -1,7 +1,9 @@
 """HTTP pieces of the opening handshake: headers, request, response, checks.
 
-This runs once per connection, so it is plain Python; the per-handshake
-hashing lives in the compiled ``_handshake`` module.
+Owns the HTTP vocabulary of the protocol layer: :class:`Headers`,
+:class:`Request`, :class:`Response`, the RFC 6455 section 4.2.1 checks of an
+upgrade request, and the standard answers (errors, 426). It runs once per
+connection, so it is plain Python; the hashing lives in the codec.
 """
 
 from __future__ import annotations
@@ -9,14 +11,20 @@ from __future__ import annotations
 import http
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Union
+from ..codec import handshake as _handshake
+from ..exceptions import InvalidHandshake, InvalidHeader, InvalidHeaderValue, InvalidUpgrade
 
-from . import _impl
-from .exceptions import InvalidHandshake, InvalidHeader, InvalidHeaderValue, InvalidUpgrade
-
-__all__ = ["Headers", "Request", "Response", "check_request", "parse_tokens"]
-
-SERVER_HEADER = "fastws"
+__all__ = [
+    "Headers",
+    "MultipleValuesError",
+    "Request",
+    "Response",
+    "check_request",
+    "error_response",
+    "make_response",
+    "parse_tokens",
+    "upgrade_required",
+]
 
 
 class Headers:
@@ -171,19 +179,19 @@ def make_response(
     content_type: str = "text/plain; charset=utf-8",
     headers: "list[tuple[str, str]] | None" = None,
 ) -> Response:
-    """An HTTP response with a body that closes the connection after it."""
+    """An HTTP response with a body that closes the connection after it.
+
+    The ``Server`` header is added when the response is sent, from the
+    server's ``server_header`` option.
+    """
     body = text.encode("utf-8") if isinstance(text, str) else text
     h = Headers()
-    h["Server"] = SERVER_HEADER
     h["Content-Type"] = content_type
     h["Content-Length"] = str(len(body))
     h["Connection"] = "close"
     for name, value in headers or ():
         h[name] = value
     return Response(status, headers=h, body=body)
-
-
-HeaderSource = Union[Headers, list[tuple[str, str]]]
 
 
 def check_request(request: Request) -> tuple[bytes, bool]:
@@ -223,7 +231,7 @@ def check_request(request: Request) -> tuple[bytes, bool]:
             "missing Sec-WebSocket-Key header" if not keys else "repeated Sec-WebSocket-Key header"
         )
     key = keys[0].strip()
-    if not _impl.handshake.is_valid_key(key):
+    if not _handshake.is_valid_key(key):
         raise InvalidHeaderValue(
             "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455 section 4.2.1)"
         )
@@ -239,7 +247,7 @@ def check_request(request: Request) -> tuple[bytes, bool]:
             f"unsupported Sec-WebSocket-Version {versions[0].strip()!r}; this server speaks 13",
             426,
         )
-    return _impl.handshake.accept_key(key), True
+    return _handshake.accept_key(key), True
 
 
 def error_response(exc: InvalidHandshake) -> Response:

@@ -24,16 +24,15 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import _impl
-from .exceptions import InvalidHeaderValue
+from ..exceptions import InvalidHeaderValue, ProtocolError
+from ..types import CloseCode
+from . import frame as _frame
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
 
 __all__ = ["PerMessageDeflate", "negotiate", "parse_extensions"]
 
-_frame = _impl.frame
-_ProtocolError: type[Exception] = _frame.ProtocolError
 _encode_frame: Callable[..., bytes] = _frame.encode_frame
 _validate_utf8: Callable[[bytes], bool] = _frame.validate_utf8
 OP_CONT: int = _frame.OP_CONT
@@ -324,16 +323,16 @@ class PerMessageDeflate:
             # inflating it, and it lets zlib finish the sync-flush block.
             data = d.decompress(payload + _TAIL, self._limit)
         except zlib.error as exc:
-            raise _ProtocolError(1002, f"compressed message is not valid deflate data ({exc}) (RFC 7692 section 7.2.2)") from None
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"compressed message is not valid deflate data ({exc}) (RFC 7692 section 7.2.2)") from None
         limit = self._limit
         if limit and len(data) >= limit:
-            raise _ProtocolError(1009, f"message inflates to more than {limit - 1} bytes (max_message_size)")
+            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message inflates to more than {limit - 1} bytes (max_message_size)")
         # Keep the window for the next message unless the client resets its
         # own (client_no_context_takeover) or ended the deflate stream with
         # a final block (RFC 7692 section 7.2.3.4): then start afresh.
         self._decompressor = None if self.client_no_context_takeover or d.eof else d
         if is_text and not _validate_utf8(data):
-            raise _ProtocolError(1007, "invalid UTF-8 in a compressed text message (RFC 6455 section 8.1)")
+            raise ProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8 in a compressed text message (RFC 6455 section 8.1)")
         return data
 
     # -- sending -----------------------------------------------------------

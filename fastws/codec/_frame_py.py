@@ -1,4 +1,4 @@
-"""Pure-Python twin of :mod:`fastws._frame`, the WebSocket frame codec.
+"""Pure-Python twin of :mod:`fastws.codec._frame`, the WebSocket frame codec.
 
 Same names, same events, same close codes as the compiled module; it is what
 runs when the extension is not built (``FASTWS_NO_EXTENSIONS=1``) and the
@@ -15,6 +15,9 @@ from __future__ import annotations
 import codecs
 import operator
 import sys
+
+from ..exceptions import ProtocolError
+from ..types import CloseCode
 
 __all__ = [
     "FLAG_RSV1",
@@ -49,22 +52,6 @@ _CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
 _MAX_FRAME_LENGTH = sys.maxsize - 14
 
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
-
-
-class ProtocolError(Exception):
-    """The peer broke RFC 6455 (or RFC 7692); the connection must be failed.
-
-    ``code`` is the close code to fail it with: 1002 (protocol error), 1007
-    (invalid UTF-8) or 1009 (message too big). ``str(exc)`` names the rule.
-    The compiled module re-exports this very class, so ``except
-    ProtocolError`` catches errors from either implementation.
-    """
-
-    code: int
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _valid_close_code(code: int) -> bool:
@@ -216,42 +203,42 @@ class FrameReader:
         rsv1 = b0 & 0x40
         opcode = b0 & 0x0F
         if b0 & 0x30:
-            raise ProtocolError(1002, "RSV2/RSV3 bit set but no extension defines it (RFC 6455 section 5.2)")
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV2/RSV3 bit set but no extension defines it (RFC 6455 section 5.2)")
         if opcode >= 8:
             if opcode not in _CONTROL_OPCODES:
-                raise ProtocolError(1002, f"reserved opcode 0x{opcode:X} (RFC 6455 section 5.2)")
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode 0x{opcode:X} (RFC 6455 section 5.2)")
             if rsv1:
-                raise ProtocolError(1002, "RSV1 bit set on a control frame (RFC 7692 section 6)")
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV1 bit set on a control frame (RFC 7692 section 6)")
             if not fin:
-                raise ProtocolError(1002, "fragmented control frame (RFC 6455 section 5.5)")
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "fragmented control frame (RFC 6455 section 5.5)")
         else:
             if opcode not in _DATA_OPCODES:
-                raise ProtocolError(1002, f"reserved opcode 0x{opcode:X} (RFC 6455 section 5.2)")
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode 0x{opcode:X} (RFC 6455 section 5.2)")
             if opcode == OP_CONT:
                 if self._msg_opcode < 0:
                     raise ProtocolError(
-                        1002, "continuation frame without a message to continue (RFC 6455 section 5.4)"
+                        CloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue (RFC 6455 section 5.4)"
                     )
                 if rsv1:
-                    raise ProtocolError(1002, "RSV1 bit set on a continuation frame (RFC 7692 section 6)")
+                    raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV1 bit set on a continuation frame (RFC 7692 section 6)")
             else:
                 if self._msg_opcode >= 0:
                     raise ProtocolError(
-                        1002,
+                        CloseCode.PROTOCOL_ERROR,
                         "new data frame before the fragmented message was finished (RFC 6455 section 5.4)",
                     )
                 if rsv1 and not self._rsv1_allowed:
                     raise ProtocolError(
-                        1002, "RSV1 bit set but permessage-deflate was not negotiated (RFC 6455 section 5.2)"
+                        CloseCode.PROTOCOL_ERROR, "RSV1 bit set but permessage-deflate was not negotiated (RFC 6455 section 5.2)"
                     )
         if avail < 2:
             return None
         b1 = buf[pos + 1]
         masked = b1 & 0x80
         if self._require_mask and not masked:
-            raise ProtocolError(1002, "client frame is not masked (RFC 6455 section 5.1)")
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "client frame is not masked (RFC 6455 section 5.1)")
         if masked and not self._require_mask:
-            raise ProtocolError(1002, "server frame is masked (RFC 6455 section 5.1)")
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "server frame is masked (RFC 6455 section 5.1)")
         length = b1 & 0x7F
         # Lengths need not use the shortest encoding: RFC 6455 section 5.2 says
         # "must", but rejecting a peer over it buys nothing, so we are lenient
@@ -268,20 +255,20 @@ class FrameReader:
             length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
             if length >> 63:
                 raise ProtocolError(
-                    1002, "64-bit payload length has the most significant bit set (RFC 6455 section 5.2)"
+                    CloseCode.PROTOCOL_ERROR, "64-bit payload length has the most significant bit set (RFC 6455 section 5.2)"
                 )
             hlen = 10
         if opcode >= 8 and length > 125:
-            raise ProtocolError(1002, "control frame payload longer than 125 bytes (RFC 6455 section 5.5)")
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frame payload longer than 125 bytes (RFC 6455 section 5.5)")
         # Refuse an oversized message on its header, before buffering it.
         if opcode < 8 and self._max_size is not None and len(self._msg) + length > self._max_size:
             raise ProtocolError(
-                1009,
+                CloseCode.MESSAGE_TOO_BIG,
                 f"message of {len(self._msg) + length} bytes exceeds max_message_size="
                 f"{self._max_size} (RFC 6455 section 7.4.1)",
             )
         if length > _MAX_FRAME_LENGTH:
-            raise ProtocolError(1009, "frame length does not fit in memory (RFC 6455 section 7.4.1)")
+            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "frame length does not fit in memory (RFC 6455 section 7.4.1)")
         if masked:
             hlen += 4
         if avail < hlen:
@@ -305,7 +292,7 @@ class FrameReader:
                 if self._decoder is None:
                     self._decoder = _Utf8Decoder()
                 if not _utf8_feed(self._decoder, bytes(chunk), False):
-                    raise ProtocolError(1007, "text message is not valid UTF-8 (RFC 6455 section 8.1)")
+                    raise ProtocolError(CloseCode.INVALID_DATA, "text message is not valid UTF-8 (RFC 6455 section 8.1)")
                 self._frame_done = have
             return None
 
@@ -333,7 +320,7 @@ class FrameReader:
                     ok = _utf8_feed(self._decoder, payload[done:], True)
                     self._decoder = None
                 if not ok:
-                    raise ProtocolError(1007, "text message is not valid UTF-8 (RFC 6455 section 8.1)")
+                    raise ProtocolError(CloseCode.INVALID_DATA, "text message is not valid UTF-8 (RFC 6455 section 8.1)")
             return (flagged, payload)
 
         if self._msg_opcode < 0:
@@ -342,7 +329,7 @@ class FrameReader:
             if self._decoder is None:
                 self._decoder = _Utf8Decoder()
             if not _utf8_feed(self._decoder, payload[done:], bool(fin)):
-                raise ProtocolError(1007, "text message is not valid UTF-8 (RFC 6455 section 8.1)")
+                raise ProtocolError(CloseCode.INVALID_DATA, "text message is not valid UTF-8 (RFC 6455 section 8.1)")
         self._msg += payload
         if not fin:
             return _CONSUMED
@@ -417,7 +404,7 @@ def close_payload(code: int, reason: str = "") -> bytes:
     1005 is never sent as a code (RFC 6455 section 7.4.1): an empty close
     frame says it, so ``reason`` is dropped with it.
     """
-    if code == 1005:
+    if code == CloseCode.NO_STATUS_RCVD:
         return b""
     if not _valid_close_code(code):
         raise ValueError(f"close code {code} may not be sent (RFC 6455 section 7.4.1)")
@@ -431,16 +418,16 @@ def parse_close(payload: bytes) -> tuple[int, str]:
     """``(code, reason)`` of a close frame payload; ``(1005, "")`` if empty."""
     n = len(payload)
     if n == 0:
-        return (1005, "")
+        return (CloseCode.NO_STATUS_RCVD, "")
     if n == 1:
-        raise ProtocolError(1002, "close frame payload of 1 byte (RFC 6455 section 5.5.1)")
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "close frame payload of 1 byte (RFC 6455 section 5.5.1)")
     code = int.from_bytes(payload[:2], "big")
     if not _valid_close_code(code):
-        raise ProtocolError(1002, f"invalid close code {code} (RFC 6455 section 7.4)")
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"invalid close code {code} (RFC 6455 section 7.4)")
     try:
         reason = str(payload[2:], "utf-8")
     except UnicodeDecodeError:
-        raise ProtocolError(1007, "close reason is not valid UTF-8 (RFC 6455 section 5.5.1)") from None
+        raise ProtocolError(CloseCode.INVALID_DATA, "close reason is not valid UTF-8 (RFC 6455 section 5.5.1)") from None
     return (code, reason)
 
 

@@ -1,0 +1,1 @@
+_connection_py.py

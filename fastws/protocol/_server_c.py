@@ -1,0 +1,1 @@
+_server_py.py
