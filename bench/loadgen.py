@@ -33,6 +33,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
+import importlib
+import importlib.machinery
 import json
 import math
 import os
@@ -43,20 +46,59 @@ from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastws import _impl
+import fastws
 
-_frame = _impl.frame
-_accept_key = _impl.handshake.accept_key
+__all__ = ["LoadConfig", "ServerProbe", "format_report", "main", "run_load"]
+
+#: The handshake's GUID (RFC 6455 section 1.3).
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _frame_codec() -> tuple[ModuleType, str]:
+    """fastws' frame codec for the client side, and its name.
+
+    The module fastws itself picked (compiled, or the pure-Python twin when
+    not built or ``FASTWS_NO_EXTENSIONS=1``; both have one interface): the
+    codec layer's ``fastws.codec.frame`` in the layered package, else, in the
+    older flat one, ``fastws._frame`` when ``fastws.COMPILED`` (public in
+    every version) and ``fastws._frame_py`` otherwise. It names no selector
+    module (the flat package's ``_impl`` is gone from the layered one).
+
+    The layout is read from the imported package's directory, and the codec
+    must come from there: an editable install's import hook would otherwise
+    serve a module that this copy lacks from the installed checkout.
+    """
+    package = Path(str(fastws.__file__)).parent
+    frame: ModuleType
+    if (package / "codec").is_dir():
+        frame = importlib.import_module("fastws.codec").frame
+    else:
+        try:
+            frame = importlib.import_module("fastws._frame" if fastws.COMPILED else "fastws._frame_py")
+        except ImportError:
+            frame = importlib.import_module("fastws._frame_py")
+    where = Path(str(getattr(frame, "__file__", "")))
+    if package not in where.parents:
+        raise ImportError(f"bench.loadgen: fastws' frame codec came from {where}, not from the fastws in {package}")
+    return frame, "compiled" if where.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)) else "pure-python"
+
+
+def _accept_key(key: bytes) -> bytes:
+    """``Sec-WebSocket-Accept`` for ``key``: once per connection, so hashlib is fast enough."""
+    return base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+
+
+_frame, CODEC_NAME = _frame_codec()
 OP_TEXT: int = _frame.OP_TEXT
 OP_BINARY: int = _frame.OP_BINARY
 OP_CLOSE: int = _frame.OP_CLOSE
 OP_PING: int = _frame.OP_PING
 OP_PONG: int = _frame.OP_PONG
-
-__all__ = ["LoadConfig", "ServerProbe", "format_report", "main", "run_load"]
 
 #: Fraction of a core above which the load generator may be the bottleneck.
 SATURATED = 0.90
@@ -663,7 +705,7 @@ def _summarise(
         "procs": cfg.procs,
         "warmup_s": cfg.warmup,
         "window_s": round(window, 4),
-        "client_codec": _impl.CODEC_NAME,
+        "client_codec": CODEC_NAME,
         "messages": messages,
         "msgs_per_s": messages / window if window else 0.0,
         "mbytes_per_s": messages * cfg.size / window / 1e6 if window else 0.0,
@@ -808,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus=args.cpus,
         server_pid=pid,
     )
-    if _impl.CODEC_NAME != "compiled":
+    if CODEC_NAME != "compiled":
         print(
             "loadgen: fastws' compiled codec is not built; the pure-Python parser makes the load "
             "generator slow (build with: python setup.py build_ext --inplace)",

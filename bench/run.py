@@ -15,6 +15,13 @@ Usage::
     python -m bench.run                         # 5 rounds x 5 s, default servers
     python -m bench.run --quick                 # 2 rounds x 2 s
     python -m bench.run --servers fastws-callback,picows --rounds 7 --out bench/results/mine
+    python -m bench.run --baseline HEAD~3 --servers fastws-callback,fastws-callback@base,picows \
+        --reference fastws-callback@base           # before/after: this code against commit HEAD~3
+
+``--baseline GITREF`` exports that commit of the checkout to a temporary
+directory, builds its extensions there and adds ``<name>@base`` servers: the
+same ``bench/servers.py`` echo servers (the run's copy), importing the
+baseline's fastws; the load generator is the run's own for every server.
 
 Writes ``<out>.csv`` (one row per run), ``<out>.json`` (everything),
 ``<out>.txt`` (the table) and ``<out>.svg`` (a bar chart).
@@ -25,29 +32,37 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import io
 import json
 import math
 import os
 import platform
 import selectors
+import shlex
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+import tomllib
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.servers import SERVERS
+from bench.servers import SERVERS, fastws_digest
 
 __all__ = ["main"]
 
 DEFAULT_SERVERS = ["fastws-callback", "fastws-coroutine", "picows", "websockets", "aiohttp"]
 ROOT = Path(__file__).resolve().parent.parent
+#: Servers of ``bench.servers`` that run fastws (the others are its peers).
+FASTWS_SERVERS = [name for name in SERVERS if name.startswith("fastws")]
+#: ``fastws-callback@base``: fastws-callback on the ``--baseline`` commit's fastws.
+BASE_SUFFIX = "@base"
 #: Percent of a core used by neither server nor loadgen above which we warn.
 OTHER_LOAD_WARN = 25.0
 
@@ -79,17 +94,59 @@ def _version(dist: str) -> str:
         return "-"
 
 
+#: Run by a fresh interpreter set up as a server is: public names of fastws
+#: only, so that it works on the fastws of any commit (``COMPILED`` is in all
+#: of them), and the run's own bench.servers (every code directory has it).
+_PROBE = (
+    "import fastws; print('compiled' if fastws.COMPILED else 'pure-python'); "
+    "print(fastws.Connection.__module__); print(fastws.__file__); "
+    "from bench.servers import foreign_fastws_modules as f; print(' '.join(f()) or '-')"
+)
+
+
+def code_env(codedir: Path) -> dict[str, str]:
+    """The environment of a server run from ``codedir``: that directory first
+    on ``PYTHONPATH`` (as well as its working directory, which ``python -m``
+    puts first on sys.path), so it imports the fastws copy there, not the
+    installed one nor the checkout's."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(codedir), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
+
+
+def probe_fastws(codedir: Path, what: str) -> dict[str, str]:
+    """Ask a fresh interpreter, started as the servers are (cwd ``codedir``,
+    :func:`code_env`), which fastws it imports: codec, the module of
+    ``fastws.Connection`` and the fingerprint (``fastws-build``) that its
+    servers must report. Exit if it fails or is not the copy in ``codedir``."""
+    probe = subprocess.run(
+        [sys.executable, "-c", _PROBE], cwd=codedir, env=code_env(codedir), capture_output=True, text=True, timeout=60
+    )
+    if probe.returncode != 0:
+        raise SystemExit(f"run: cannot import {what} fastws from {codedir}: {probe.stderr.strip()[-500:]}")
+    codec, protocol, path, foreign = probe.stdout.splitlines()[-4:]
+    package = codedir / "fastws"
+    if Path(path).resolve().parent != package.resolve():
+        raise SystemExit(f"run: {what} fastws should be imported from {package}, but {path} was")
+    if foreign != "-":
+        raise SystemExit(
+            f"run: {what} fastws in {package} lacks modules that an installed fastws supplied instead "
+            f"(an editable install's import hook): {foreign}"
+        )
+    # Builds of the same sources differ (compiled modules embed their build
+    # directory), so the sources get a fingerprint of their own.
+    return {
+        "codec": codec,
+        "protocol": protocol,
+        "build": fastws_digest(package),
+        "source": fastws_digest(package, (".py", ".pyx", ".pxd")),
+    }
+
+
 def describe_machine(workdir: Path) -> dict[str, Any]:
     """Date, commit, CPU, cores, kernel and library versions of this run;
     the fastws facts are asked of the copy in ``workdir`` that will run."""
-    probe = subprocess.run(
-        [sys.executable, "-c",
-         "import fastws._impl as i; print(i.CODEC_NAME); print(getattr(getattr(i, 'Connection', None), '__module__', '-'))"],
-        cwd=workdir, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    if probe.returncode != 0:
-        raise SystemExit(f"run: cannot import fastws from {workdir}: {probe.stderr.strip()[-500:]}")
-    codec, protocol = probe.stdout.split()[:2]
+    fastws_info = probe_fastws(workdir, "the current")
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "fastws"))
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -98,11 +155,17 @@ def describe_machine(workdir: Path) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "fastws_codec": codec,
-        # Which Connection class fastws serves with (compiled protocol or protocol.py).
-        "fastws_protocol": protocol,
+        "fastws_codec": fastws_info["codec"],
+        # Which Connection class fastws serves with (its module: compiled or pure Python).
+        "fastws_protocol": fastws_info["protocol"],
+        # The fingerprint of the copy that runs; the servers report what they loaded.
+        "fastws_build_at_start": fastws_info["build"],
+        "fastws_source": fastws_info["source"],
         "versions": {d: _version(d) for d in ("uvloop", "websockets", "picows", "aiofastnet", "aiohttp", "psutil")},
     }
+
+
+_SNAPSHOT_IGNORE = shutil.ignore_patterns("__pycache__", "*.c", "*.html", "results", "*.pyc")
 
 
 def snapshot(dest: Path) -> Path:
@@ -112,10 +175,81 @@ def snapshot(dest: Path) -> Path:
     or rebuilds the checkout meanwhile; subprocesses run with ``dest`` as
     their working directory, which ``python -m`` puts first on sys.path.
     """
-    ignore = shutil.ignore_patterns("__pycache__", "*.c", "*.html", "results", "*.pyc")
     for pkg in ("fastws", "bench"):
-        shutil.copytree(ROOT / pkg, dest / pkg, ignore=ignore)
+        shutil.copytree(ROOT / pkg, dest / pkg, ignore=_SNAPSHOT_IGNORE)
     return dest
+
+
+def _build_requires(tree: Path) -> list[str]:
+    """``[build-system] requires`` of the tree's pyproject.toml ([] if none)."""
+    try:
+        with open(tree / "pyproject.toml", "rb") as f:
+            return [str(r) for r in tomllib.load(f).get("build-system", {}).get("requires", [])]
+    except (OSError, tomllib.TOMLDecodeError):
+        return []
+
+
+def _build_in_place(tree: Path, timeout: float = 1800) -> tuple[int, str]:
+    """``python setup.py build_ext --inplace`` in ``tree`` with this Python,
+    output captured; its own process group, killed whole if we are stopped
+    meanwhile (so no compiler is left running). ``(exit status, output)``."""
+    proc = subprocess.Popen(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=tree,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except BaseException:  # timeout, Ctrl-C, SIGTERM
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return proc.returncode, output
+
+
+def prepare_baseline(ref: str, dest: Path, bench_dir: Path) -> dict[str, Any]:
+    """Export commit ``ref`` of the checkout into ``dest``, build its
+    extensions in place and put ``bench_dir`` (the run's own ``bench/``) in
+    place of the commit's, so that its servers are the same echo servers
+    running the baseline's fastws. Facts about it for the header and JSON."""
+    sha = _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    if not sha:
+        raise SystemExit(f"run: --baseline {ref}: not a commit of the checkout {ROOT}")
+    short, subject = _git("log", "-1", "--format=%h %s", sha).partition(" ")[::2]
+    print(f"run: baseline {ref} = {short}: exporting it and building its extensions", file=sys.stderr)
+    started = time.monotonic()
+    archive = subprocess.run(["git", "archive", "--format=tar", sha], cwd=ROOT, capture_output=True, timeout=300)
+    if archive.returncode != 0:
+        raise SystemExit(f"run: git archive {short} failed: {archive.stderr.decode(errors='replace').strip()[-500:]}")
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        # The "data" filter (Python >= 3.11.4) refuses members that would land outside dest.
+        tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))  # type: ignore[arg-type]
+    if not (dest / "fastws" / "__init__.py").is_file() or not (dest / "setup.py").is_file():
+        raise SystemExit(f"run: --baseline {ref} ({short}) has no fastws/ package or no setup.py")
+    shutil.rmtree(dest / "bench", ignore_errors=True)
+    shutil.copytree(bench_dir, dest / "bench", ignore=_SNAPSHOT_IGNORE)
+    status, output = _build_in_place(dest)
+    if status != 0:
+        requires = _build_requires(dest)
+        need = (
+            f" It builds with this Python's installed packages, so the commit's build requirements "
+            f"({', '.join(requires)}) must be installed: pip install {' '.join(map(shlex.quote, requires))}."
+            if requires
+            else ""
+        )
+        tail = "\n".join("    " + line for line in output.strip().splitlines()[-25:])
+        raise SystemExit(
+            f"run: building the baseline {ref} ({short}) failed: `{Path(sys.executable).name} setup.py build_ext "
+            f"--inplace` in {dest} exited with status {status}.{need} Last lines of its output:\n{tail}"
+        )
+    info = probe_fastws(dest, f"the baseline's ({ref})")
+    print(f"run: baseline {short} built in {time.monotonic() - started:.0f} s (fastws {info['codec']})", file=sys.stderr)
+    return {"ref": ref, "commit": short, "subject": subject, **info}
 
 
 # -- one run ---------------------------------------------------------------
@@ -189,15 +323,26 @@ def run_one(
     server_cpus: set[int] | None,
     loadgen_cpus: set[int] | None,
     workdir: Path = ROOT,
+    base_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Start ``server``, load it, stop it; the loadgen's figures plus health."""
+    """Start ``server``, load it, stop it; the loadgen's figures plus health.
+
+    The server runs from ``workdir`` (the run's copy of fastws and bench), or
+    for ``NAME@base`` from ``base_dir`` (the ``--baseline`` tree, with the
+    run's bench); the load generator always runs from ``workdir``."""
     port = _free_port()
     url = f"ws://127.0.0.1:{port}/"
     row: dict[str, Any] = {"server": server, "port": port}
+    name = server.removesuffix(BASE_SUFFIX)
+    server_dir = workdir
+    if name != server:
+        assert base_dir is not None, f"{server} needs --baseline"
+        server_dir = base_dir
     with tempfile.TemporaryFile() as errlog:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.servers", server, "--port", str(port)],
-            cwd=workdir,
+            [sys.executable, "-m", "bench.servers", name, "--port", str(port)],
+            cwd=server_dir,
+            env=code_env(server_dir),
             stdout=subprocess.PIPE,
             stderr=errlog,
             preexec_fn=_pinner(server_cpus),
@@ -232,6 +377,8 @@ def run_one(
             status = _stop(proc)
         errlog.seek(0)
         log = errlog.read().decode("utf-8", "replace")
+    if log.strip() and row.get("fatal") and row["fatal"][0].startswith("server did not start"):
+        row["fatal"][0] += f": {log.strip().splitlines()[-1][:300]}"
     row["server_exit"] = status
     row["server_log_lines"] = len(log.splitlines())
     row["server_log_tail"] = "\n".join(log.splitlines()[-15:])
@@ -298,23 +445,36 @@ def _n(x: float | None, fmt: str = ",.0f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def _base_twin(by: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """The ``@base`` row that ``name`` compares with: ``NAME@base`` for a
+    fastws server, itself for an ``@base`` one; {} for the peers."""
+    return by.get(name if name.endswith(BASE_SUFFIX) else name + BASE_SUFFIX, {})
+
+
 def format_table(summary: list[dict[str, Any]], reference: str, second: str) -> str:
-    """The comparison table (medians of rounds) plus a bar chart and notes."""
+    """The comparison table (medians of rounds) plus a bar chart and notes.
+
+    With ``@base`` servers in the run (``--baseline``), two more columns give
+    each fastws server's ratios to the same server on the baseline commit."""
     by = {s["server"]: s for s in summary}
     ref = by.get(reference, {})
     sec = by.get(second, {})
+    before_after = any(name.endswith(BASE_SUFFIX) for name in by)
     headers = [
-        "server", "msg/s", "spread", f"vs {reference}", f"vs {second}", "p50 ms", "p99 ms",
-        "srv CPU", "LG CPU", "other", "msg/srv-CPU-s", f"CPU-norm vs {reference}", "RSS MiB",
+        "server", "msg/s", "spread", f"vs {reference}", f"vs {second}", *(["vs @base"] if before_after else []),
+        "p50 ms", "p99 ms", "srv CPU", "LG CPU", "other", "msg/srv-CPU-s", f"CPU-norm vs {reference}",
+        *(["CPU-norm vs @base"] if before_after else []), "RSS MiB",
     ]  # fmt: skip
     rows = []
     for s in summary:
+        base = _base_twin(by, s["server"])
         rows.append([
             s["server"],
             _n(s["msgs_per_s"]),
             "-" if s["spread_pct"] is None else f"{s['spread_pct']:.0f}%",
             _ratio(s["msgs_per_s"], ref.get("msgs_per_s")),
             _ratio(s["msgs_per_s"], sec.get("msgs_per_s")),
+            *([_ratio(s["msgs_per_s"], base.get("msgs_per_s"))] if before_after else []),
             _n(s["p50_ms"], ".2f"),
             _n(s["p99_ms"], ".2f"),
             "-" if s["server_cpu_pct"] is None else f"{s['server_cpu_pct']:.0f}%",
@@ -322,6 +482,7 @@ def format_table(summary: list[dict[str, Any]], reference: str, second: str) -> 
             "-" if s["other_cpu_pct"] is None else f"{s['other_cpu_pct']:.0f}%",
             _n(s["msgs_per_server_cpu_s"]),
             _ratio(s["msgs_per_server_cpu_s"], ref.get("msgs_per_server_cpu_s")),
+            *([_ratio(s["msgs_per_server_cpu_s"], base.get("msgs_per_server_cpu_s"))] if before_after else []),
             _n(s["server_rss_mib"], ".1f"),
         ])  # fmt: skip
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
@@ -358,14 +519,52 @@ def format_table(summary: list[dict[str, Any]], reference: str, second: str) -> 
     return "\n".join(out)
 
 
+def build_warnings(runs: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """Check the fastws fingerprints the servers reported, for each side
+    apart: the current code (every server but ``@base``) and the baseline
+    (``@base``), each of which must have run one build, the one of its copy."""
+    out = []
+    base = meta.get("baseline")
+    # (is_base, what changed, whose servers, the fingerprint of their copy)
+    sides = [(False, "the fastws code", "the current code's servers", meta.get("fastws_build_at_start"))]
+    if base:
+        sides.append((True, f"the baseline's ({base['ref']}) fastws code", "the @base servers", base["build"]))
+    seen: dict[bool, list[str]] = {}
+    for is_base, code, servers, expected in sides:
+        builds = seen[is_base] = sorted(
+            {r.get("fastws_build", "-") for r in runs if r["server"].endswith(BASE_SUFFIX) == is_base} - {"-"}
+        )
+        if len(builds) > 1:
+            out.append(
+                f"WARNING {code} changed during this comparison ({len(builds)} builds seen: "
+                f"{', '.join(builds)}); its rounds mix versions - run again (without --no-snapshot)"
+            )
+        elif builds and expected and builds[0] != expected:
+            out.append(
+                f"WARNING {servers} loaded fastws build {builds[0]}, not {expected} (the copy meant for them): "
+                "check PYTHONPATH and installed copies of fastws"
+            )
+    if base and base.get("source") == meta.get("fastws_source"):
+        out.append(
+            f"note the baseline {base['ref']} has the same fastws sources as the current code (only the builds "
+            "differ): the @base rows measure this machine's noise, not a change"
+        )
+    return out
+
+
 def format_header(meta: dict[str, Any], opts: argparse.Namespace, pin_text: str) -> str:
     v = meta["versions"]
+    base = meta.get("baseline")
     return "\n".join([
         f"fastws benchmark: pipelined echo, {opts.conns} conns x {opts.pipeline} in flight x {opts.size} B "
         f"{'text' if opts.text else 'binary'}; {opts.rounds} interleaved rounds x {opts.duration:g} s "
         f"(+{opts.warmup:g} s warmup); medians of rounds",
         f"date {meta['date']}  commit {meta['commit']}  fastws codec {meta['fastws_codec']}, "
         f"protocol {meta['fastws_protocol']}, build {meta.get('fastws_build', '-')}",
+        *([
+            f"baseline (servers @base) {base['ref']} = commit {base['commit']} \"{_clip(base['subject'], 60)}\": fastws codec "
+            f"{base['codec']}, protocol {base['protocol']}, build {base.get('builds_seen') or base['build']}"
+        ] if base else []),
         f"machine {meta['cpu']}, {meta['cores']} cores, {meta['kernel']}, Python {meta['python']}",
         f"{pin_text}; loadgen: {opts.procs} process(es); "
         + ("fastws/ and bench/ run from a copy taken at the start" if meta.get("snapshot") else "live checkout"),
@@ -378,7 +577,9 @@ def format_header(meta: dict[str, Any], opts: argparse.Namespace, pin_text: str)
 
 def write_svg(path: Path, summary: list[dict[str, Any]], title: str) -> None:
     """A horizontal bar chart of median msg/s with min-max whiskers."""
-    bar_h, gap, left, width = 22, 10, 150, 400
+    bar_h, gap, width = 22, 10, 400
+    # Room for the longest name (~7 px a character at 12 px), 150 px at least.
+    left = max(150, 16 + 7 * max((len(s["server"]) for s in summary), default=0))
     height = 50 + len(summary) * (bar_h + gap)
     best = max((s["msgs_per_s_max"] or 0 for s in summary), default=0) or 1
     parts = [
@@ -390,7 +591,9 @@ def write_svg(path: Path, summary: list[dict[str, Any]], title: str) -> None:
         y = 35 + i * (bar_h + gap)
         v = s["msgs_per_s"] or 0
         w = width * v / best
-        color = "#2b7bb9" if s["server"].startswith("fastws") else "#999999"
+        color = "#999999"  # peers; fastws dark blue, fastws on the baseline light blue
+        if s["server"].startswith("fastws"):
+            color = "#8dbbe0" if s["server"].endswith(BASE_SUFFIX) else "#2b7bb9"
         parts.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{_esc(s["server"])}</text>')
         parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{color}"/>')
         label_x = left + w + 6
@@ -402,6 +605,10 @@ def write_svg(path: Path, summary: list[dict[str, Any]], title: str) -> None:
         parts.append(f'<text x="{label_x:.1f}" y="{y + 15}">{_n(v)} msg/s</text>')
     parts.append("</svg>")
     path.write_text("\n".join(parts) + "\n")
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
 
 
 def _esc(text: str) -> str:
@@ -470,7 +677,20 @@ def _cpus(text: str) -> set[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description="Compare WebSocket echo servers.")
-    p.add_argument("--servers", default=",".join(DEFAULT_SERVERS), help=f"comma-separated, from: {', '.join(SERVERS)}")
+    p.add_argument(
+        "--servers",
+        default=",".join(DEFAULT_SERVERS),
+        help=f"comma-separated, from: {', '.join(SERVERS)}; with --baseline also "
+        f"{', '.join(n + BASE_SUFFIX for n in FASTWS_SERVERS)}",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="GITREF",
+        default=None,
+        help=f"also run the fastws servers on this commit of the checkout, as NAME{BASE_SUFFIX} (exported and built "
+        f"in a temporary directory; needs Cython); without {BASE_SUFFIX} names in --servers, each fastws server "
+        f"there is followed by its {BASE_SUFFIX} twin",
+    )
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring (default 1)")
@@ -480,7 +700,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--text", action="store_true", help="text messages instead of binary")
     p.add_argument("--procs", type=int, default=1, help="load-generator processes (default 1)")
-    p.add_argument("--reference", default="picows", help="ratios are to this server's medians (default picows)")
+    p.add_argument(
+        "--reference",
+        default="picows",
+        help=f"ratios are to this server's medians (default picows; e.g. fastws-callback{BASE_SUFFIX} for before/after)",
+    )
     p.add_argument("--second", default="websockets", help="a second ratio column (default websockets)")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and loadgen to separate CPUs")
     p.add_argument("--server-cpus", type=_cpus, default=None, help="CPUs for the server (default: the first one)")
@@ -509,9 +733,18 @@ def main(argv: list[str] | None = None) -> int:
     if opts.quick:
         opts.rounds, opts.duration, opts.warmup = 2, 2.0, 0.5
     servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
-    unknown = [s for s in servers if s not in SERVERS]
+    known = list(SERVERS)
+    if opts.baseline:
+        known += [name + BASE_SUFFIX for name in FASTWS_SERVERS]
+        if not any(s.endswith(BASE_SUFFIX) for s in servers):
+            servers = [x for s in servers for x in ([s, s + BASE_SUFFIX] if s in FASTWS_SERVERS else [s])]
+    unknown = [s for s in servers if s not in known]
     if unknown:
-        build_parser().error(f"unknown server(s) {unknown}; known: {', '.join(SERVERS)}")
+        hint = f" ({BASE_SUFFIX} servers need --baseline GITREF)" if any(BASE_SUFFIX in s for s in unknown) else ""
+        build_parser().error(f"unknown server(s) {unknown}{hint}; known: {', '.join(known)}")
+    for option, name in (("--reference", opts.reference), ("--second", opts.second)):
+        if name not in servers:
+            print(f"run: {option} {name} is not among the servers: its ratio columns will show '-'", file=sys.stderr)
     server_cpus = loadgen_cpus = None
     if opts.pin:
         avail = sorted(os.sched_getaffinity(0))
@@ -525,19 +758,30 @@ def main(argv: list[str] | None = None) -> int:
         if server_cpus and loadgen_cpus
         else "not pinned"
     )
-    tmp = tempfile.TemporaryDirectory(prefix="fastws-bench-")
-    workdir = snapshot(Path(tmp.name)) if opts.snapshot else ROOT
-    meta = describe_machine(workdir)
-    meta["snapshot"] = opts.snapshot
-    scenario = f"echo-c{opts.conns}-p{opts.pipeline}-s{opts.size}"
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(opts.out) if opts.out else ROOT / "bench" / "results" / f"{stamp}-{scenario}"
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # stop like Ctrl-C: the current server is stopped, the rest summarised
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    tmp = tempfile.TemporaryDirectory(prefix="fastws-bench-")
+    base_dir = Path(tmp.name) / "base" if opts.baseline else None
+    try:
+        workdir = snapshot(Path(tmp.name)) if opts.snapshot else ROOT
+        meta = describe_machine(workdir)
+        if opts.baseline:
+            assert base_dir is not None
+            meta["baseline"] = prepare_baseline(opts.baseline, base_dir, workdir / "bench")
+    except KeyboardInterrupt:
+        tmp.cleanup()
+        raise SystemExit("run: interrupted before the first run")
+    except BaseException:
+        tmp.cleanup()
+        raise
+    meta["snapshot"] = opts.snapshot
+    scenario = f"echo-c{opts.conns}-p{opts.pipeline}-s{opts.size}"
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(opts.out) if opts.out else ROOT / "bench" / "results" / f"{stamp}-{scenario}"
+    out.parent.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     progress = Progress(opts.rounds * len(servers), opts.progress)
     try:
@@ -548,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
                     progress.start(f"round {rnd}/{opts.rounds}  {name}: waiting for the machine to be quiet")
                     idle_busy = wait_quiet(opts.wait_quiet, opts.quiet_below)
                 progress.start(f"round {rnd}/{opts.rounds}  {name}: running ~{opts.warmup + opts.duration:g} s")
-                row = run_one(name, opts, server_cpus, loadgen_cpus, workdir)
+                row = run_one(name, opts, server_cpus, loadgen_cpus, workdir, base_dir)
                 row["round"] = rnd
                 row["machine_busy_before_pct"] = idle_busy
                 runs.append(row)
@@ -563,15 +807,16 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
         tmp.cleanup()
 
-    meta["fastws_build"] = ",".join(sorted({r.get("fastws_build", "-") for r in runs} - {"-"})) or "-"
+    def builds_seen(is_base: bool) -> str:
+        seen = {r.get("fastws_build", "-") for r in runs if r["server"].endswith(BASE_SUFFIX) == is_base}
+        return ",".join(sorted(seen - {"-"})) or "-"
+
+    meta["fastws_build"] = builds_seen(False)
+    if opts.baseline:
+        meta["baseline"]["builds_seen"] = builds_seen(True)
     summary = summarise(runs, servers)
     text = format_header(meta, opts, pin_text) + "\n\n" + format_table(summary, opts.reference, opts.second)
-    builds = sorted({r.get("fastws_build", "-") for r in runs} - {"-"})
-    if len(builds) > 1:
-        text += (
-            f"\nWARNING the fastws code changed during this comparison ({len(builds)} builds seen: "
-            f"{', '.join(builds)}); its rounds mix versions - run again (without --no-snapshot)"
-        )
+    text += "".join("\n" + line for line in build_warnings(runs, meta))
     print(text)
     config = {k: v for k, v in vars(opts).items() if k not in ("server_cpus", "loadgen_cpus")}
     config.update(server_cpus=sorted(server_cpus or []), loadgen_cpus=sorted(loadgen_cpus or []), servers=servers)
@@ -580,6 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     fields = [
         "round", "server", "msgs_per_s", "p50_ms", "p90_ms", "p99_ms", "server_cpu_pct", "loadgen_cpu_pct",
         "loadgen_saturated", "other_cpu_pct", "msgs_per_server_cpu_s", "server_rss_mib", "window_s", "messages", "errors", "fatal",
+        "fastws_build",
     ]  # fmt: skip
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)

@@ -30,7 +30,7 @@ from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["SERVERS", "main"]
+__all__ = ["SERVERS", "fastws_digest", "foreign_fastws_modules", "main"]
 
 MAX_SIZE = 16 * 2**20
 
@@ -130,14 +130,43 @@ def loaded_fastws_digest() -> str:
     """Fingerprint of the fastws code this process runs: a hash of every
     source and compiled file of the ``fastws`` package it imported (relative
     paths and contents), so a comparison on a shared checkout can tell if
-    fastws changed between runs. ``-`` when fastws is not loaded."""
+    fastws changed between runs; ``+foreign`` appended when some fastws
+    module came from elsewhere (:func:`foreign_fastws_modules`). ``-`` when
+    fastws is not loaded."""
     module = sys.modules.get("fastws")
     if module is None or not getattr(module, "__file__", None):
         return "-"
     root = Path(module.__file__).parent  # type: ignore[arg-type]
+    foreign = foreign_fastws_modules()
+    if foreign:
+        print(f"bench.servers: fastws modules from outside {root}: {', '.join(foreign)}", file=sys.stderr, flush=True)
+    return fastws_digest(root) + ("+foreign" if foreign else "")
+
+
+def foreign_fastws_modules() -> list[str]:
+    """The loaded ``fastws.*`` modules whose file is not in the directory of
+    the ``fastws`` package itself. An editable install's import hook (after
+    the path finder on ``sys.meta_path``) serves a submodule that a copy of
+    fastws lacks from the installed checkout: such a copy runs mixed code."""
+    module = sys.modules.get("fastws")
+    if module is None or not getattr(module, "__file__", None):
+        return []
+    root = Path(module.__file__).parent  # type: ignore[arg-type]
+    return sorted(
+        name
+        for name, m in list(sys.modules.items())
+        if name.startswith("fastws.") and getattr(m, "__file__", None) and root not in Path(m.__file__).parents  # type: ignore[arg-type]
+    )
+
+
+def fastws_digest(root: Path, suffixes: tuple[str, ...] = (".py", ".so", ".pyx", ".pxd", ".html")) -> str:
+    """The fingerprint of the ``fastws`` package directory ``root`` (see
+    :func:`loaded_fastws_digest`); ``bench.run`` computes it for each copy of
+    fastws it runs, to check that every server loaded the copy meant for it,
+    and of the sources alone (``suffixes``) to tell two copies of the same code."""
     h = hashlib.sha1()
     for path in sorted(root.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".so", ".pyx", ".pxd", ".html"):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix in suffixes:
             h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
 

@@ -35,20 +35,40 @@ import importlib
 import logging
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 pytest.importorskip("pytest_benchmark")
 
-from fastws import _frame_py, _handshake_py  # noqa: E402
+import fastws  # noqa: E402
 
-_frame_c: Any
-_handshake_c: Any
-try:
-    _frame_c = importlib.import_module("fastws._frame")
-    _handshake_c = importlib.import_module("fastws._handshake")
-except ImportError:  # pragma: no cover - extension not built
+# The codec modules themselves, compiled and twin, are what is measured here:
+# in the codec layer (fastws/codec/) of the layered package, at the top of the
+# older flat one. The layout is read from the imported package's directory,
+# not tried by name: an editable install's import hook would serve a missing
+# name from the installed checkout instead.
+_PACKAGE_DIR = Path(str(fastws.__file__)).parent
+_CODEC_PACKAGE = "fastws.codec" if (_PACKAGE_DIR / "codec").is_dir() else "fastws"
+
+
+def _codec_module(name: str) -> Any:
+    """The codec module ``name`` of the imported fastws, None if it has none
+    (an extension not built)."""
+    try:
+        module = importlib.import_module(f"{_CODEC_PACKAGE}.{name}")
+    except ImportError:  # pragma: no cover - extension not built
+        return None
+    return module if _PACKAGE_DIR in Path(str(module.__file__)).parents else None
+
+
+_frame_py = _codec_module("_frame_py")
+_handshake_py = _codec_module("_handshake_py")
+assert _frame_py is not None and _handshake_py is not None, f"no codec twins in {_PACKAGE_DIR}"
+_frame_c = _codec_module("_frame")
+_handshake_c = _codec_module("_handshake")
+if _frame_c is None or _handshake_c is None:
     _frame_c = _handshake_c = None
 
 KEY = b"\x37\xfa\x21\x3d"
@@ -70,7 +90,8 @@ def _payload(size: int) -> bytes:
 
 
 def _masked_batch(size: int, count: int) -> bytes:
-    return _frame_py.encode_frame(OP_BINARY, _payload(size), mask=KEY) * count
+    frame: bytes = _frame_py.encode_frame(OP_BINARY, _payload(size), mask=KEY)
+    return frame * count
 
 
 # -- parse -----------------------------------------------------------------
