@@ -82,7 +82,8 @@ def _size(text: str) -> int:
 def _reader(field: dataclasses.Field[Any], opt: Option) -> Callable[[str], Any]:
     """The argparse ``type`` of a flag: parse one value, 'none' only where
     the field allows None (elsewhere it is a usage error, never the default)."""
-    base: Callable[[str], Any] = {"size": _size, "seconds": float, "int": int, "str": str}[opt.kind]
+    readers: dict[str, Callable[[str], Any]] = {"size": _size, "seconds": float, "int": int, "str": str}
+    base = readers[opt.kind]
     optional = "None" in str(field.type)
 
     def read(text: str) -> Any:

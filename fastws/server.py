@@ -77,7 +77,7 @@ class ServerState:
         self.connections: set[Connection] = set()
         self.process_request = process_request
         self.process_response = process_response
-        self.subprotocols = list(subprotocols) if subprotocols else None
+        self.subprotocols: Sequence[str] | None = list(subprotocols) if subprotocols else None
         self.select_subprotocol = select_subprotocol
         self.origins = origins
         self.tasks: set[asyncio.Future[Any]] = set()

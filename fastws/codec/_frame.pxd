@@ -80,6 +80,7 @@ cdef class FrameReader:
     cpdef object next_event(self)
     cdef object _parse_frame(self, const unsigned char* p, Py_ssize_t avail, bint in_buf)
     cdef int _fail(self, object code, str message) except -1
+    cdef int _check_invariants(self) except -1
     cdef int _stash_data(self) except -1
     cdef bint _buf_append(self, const unsigned char* src, Py_ssize_t n) noexcept
     cdef int _msg_reserve(self, Py_ssize_t extra) except -1

@@ -398,8 +398,24 @@ cdef class FrameReader:
             if event is not None:
                 if self._finished:
                     self._release_all()
+                self._check_invariants()
                 return event
+        self._check_invariants()
         return None
+
+    cdef int _check_invariants(self) except -1:
+        # The buffer bookkeeping every path above relies on. The asserts are
+        # compiled only into a FASTWS_DEBUG=1 build (setup.py defines
+        # CYTHON_WITHOUT_ASSERTIONS otherwise), where the test suite runs them
+        # after every event.
+        assert 0 <= self._buf_start <= self._buf_end <= self._buf_cap, "input buffer bounds"
+        assert self._buf != NULL or self._buf_cap == 0, "input buffer capacity without memory"
+        assert self._data is None or self._buf_start == self._buf_end, "caller's bytes and the buffer both in use"
+        assert self._data is None or 0 <= self._data_pos < self._data_len, "caller's bytes used up but kept"
+        assert 0 <= self._msg_len <= self._msg_cap, "message buffer bounds"
+        assert self._msg_opcode != -1 or self._msg_len == 0, "message bytes without a message"
+        assert 0 <= self._frame_done <= self._buf_end - self._buf_start, "partial frame progress"
+        return 0
 
     cdef object _parse_frame(self, const unsigned char* p, Py_ssize_t avail, bint in_buf):
         # Parse the frame at p. Returns its event, or None with _consumed = 0

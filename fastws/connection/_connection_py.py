@@ -488,11 +488,11 @@ class Connection:
         if response is not None:
             self._send_response(response, "process_request")
             return
+        request = proto.request
+        assert request is not None
         select = self._ctx.select_subprotocol
         public = self.public
-        refusal = proto.accept(
-            proto.request, None if select is None else (lambda offered: select(public, offered))
-        )
+        refusal = proto.accept(request, None if select is None else (lambda offered: select(public, offered)))
         if refusal is not None:
             self._send_response(refusal, None)
             return
@@ -501,8 +501,9 @@ class Connection:
             self._send_response(None, None)
             return
         response = proto.response
+        assert response is not None
         try:
-            result = hook(public, proto.request, response)
+            result = hook(public, request, response)
         except Exception:
             logger.exception("conn %d: error in process_response", self.num)
             self._send_response(make_response(500, "Internal server error.\n"), "process_response failed")
@@ -533,8 +534,8 @@ class Connection:
         proto = self._proto
         self._write_out()
         self._arm_timer()
-        if self.config.access_log:
-            request = proto.request
+        request = proto.request
+        if self.config.access_log and request is not None:
             access_logger.info(
                 'conn %d %s "%s %s" 101%s',
                 self.num,

@@ -272,7 +272,7 @@ class ServerConnection:
             self._drain_waiters.append(waiter)
             await waiter
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close with ``code`` and wait until the TCP connection is closed."""
         self._conn.close(code, reason)
         await self._conn.wait_closed()

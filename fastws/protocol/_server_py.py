@@ -361,7 +361,7 @@ class ServerProtocol:
         reader = self._reader
         while True:
             try:
-                event = reader.next_event()
+                event: "tuple[int, bytes] | None" = reader.next_event()
             except ProtocolError as exc:
                 return self._failed(exc.code, str(exc))
             if event is None:
