@@ -12,9 +12,8 @@ every other module is an implementation detail.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from . import _select
+from ._version import __version__
 from .config import Config
 from .connection import Connection
 from .exceptions import (

@@ -23,7 +23,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from . import __version__, _select
+from . import _select
+from ._version import __version__
 from .config import Config, Option, options
 from .server import resolve_handler, serve
 

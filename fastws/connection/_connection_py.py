@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..codec import frame as _frame
 from ..protocol import ServerProtocol as _ServerProtocol
-from ..protocol._server_py import format_address
-from ..protocol.http import Request, Response, make_response
+from ..protocol.http import Request, Response, format_address, make_response
 from ..types import CloseCode, PauseReason, State
 
 if TYPE_CHECKING:
@@ -441,8 +440,7 @@ class Connection:
         try:
             result = self._run_process_request(request)
         except Exception:
-            logger.exception("conn %d: error in process_request", self.num)
-            self._send_response(make_response(500, "Internal server error.\n"), "process_request failed")
+            self._hook_failed("process_request")
             return
         if inspect.isawaitable(result):
             self.track_task(asyncio.ensure_future(self._await_process_request(result)))
@@ -475,8 +473,7 @@ class Connection:
         try:
             response = await pending
         except Exception:
-            logger.exception("conn %d: error in process_request", self.num)
-            self._send_response(make_response(500, "Internal server error.\n"), "process_request failed")
+            self._hook_failed("process_request")
             return
         self._decide(response)
 
@@ -505,8 +502,7 @@ class Connection:
         try:
             result = hook(public, request, response)
         except Exception:
-            logger.exception("conn %d: error in process_response", self.num)
-            self._send_response(make_response(500, "Internal server error.\n"), "process_response failed")
+            self._hook_failed("process_response")
             return
         if inspect.isawaitable(result):
             self.track_task(asyncio.ensure_future(self._await_process_response(result, response)))
@@ -517,10 +513,14 @@ class Connection:
         try:
             result = await pending
         except Exception:
-            logger.exception("conn %d: error in process_response", self.num)
-            self._send_response(make_response(500, "Internal server error.\n"), "process_response failed")
+            self._hook_failed("process_response")
             return
         self._send_response(response if result is None else result, "process_response")
+
+    def _hook_failed(self, hook: str) -> None:
+        """User code in a handshake hook raised: answer 500, never drop TCP."""
+        logger.exception("conn %d: error in %s", self.num, hook)
+        self._send_response(make_response(500, "Internal server error.\n"), f"{hook} failed")
 
     def _send_response(self, response: Response | None, why: str | None) -> None:
         proto = self._proto

@@ -38,7 +38,16 @@ from ..exceptions import (
     ProtocolError,
 )
 from ..types import OK_CLOSE_CODES, Close, CloseCode
-from .http import Headers, Request, Response, check_request, error_response, make_response, upgrade_required
+from .http import (
+    Headers,
+    Request,
+    Response,
+    check_request,
+    error_response,
+    format_address,
+    make_response,
+    upgrade_required,
+)
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -615,10 +624,3 @@ class ServerProtocol:
             return (ConnectionClosedOK if ok else ConnectionClosedError)(rcvd, sent, self.close_rcvd_then_sent)
         return ConnectionClosedError(rcvd, sent, None)
 
-
-def format_address(address: Any) -> str:
-    """``host:port`` (``[host]:port`` for IPv6) of a socket address, for logs."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = address[0]
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-    return str(address) if address else "-"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import http
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
 from ..codec import handshake as _handshake
 from ..exceptions import InvalidHandshake, InvalidHeader, InvalidHeaderValue, InvalidUpgrade
 
@@ -21,6 +23,7 @@ __all__ = [
     "Response",
     "check_request",
     "error_response",
+    "format_address",
     "make_response",
     "parse_tokens",
     "upgrade_required",
@@ -265,3 +268,11 @@ def upgrade_required(request: Request) -> Response:
         "426 Upgrade Required: this is a WebSocket server; connect with a WebSocket client.\n",
         headers=[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
     )
+
+
+def format_address(address: Any) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a socket address, for logs."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = address[0]
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address) if address else "-"
