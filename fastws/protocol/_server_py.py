@@ -388,7 +388,9 @@ class ServerProtocol:
                         )
                     return event
             elif opcode == OP_PING:
-                if self.state == OPEN:
+                # Answered until the peer's close arrives, ours sent or not
+                # (RFC 6455 section 5.5.2); the reader stops at that close.
+                if self.state == OPEN or self.state == CLOSING:
                     self._append(self._writer.frame(OP_PONG, event[1]))
                     return event
             elif opcode == OP_PONG:
@@ -481,12 +483,24 @@ class ServerProtocol:
         While CONNECTING, the connection just closes (``should_close``).
         """
         if self.state == OPEN:
-            self._send_close(code, reason)
-            self.state = CLOSING
-            if self._pending != PENDING_NONE:
-                # The peer's close (or its error) was already read: finish.
+            pending = self._pending
+            if pending == PENDING_FAIL:
+                # A protocol error was read (and held): its code wins.
                 self.complete_close(now)
                 return
+            if pending == PENDING_CLOSE:
+                # The peer's close was read (and held): ours answers it.
+                self._pending = PENDING_NONE
+                self._held = False
+                rcvd_code, rcvd_reason = _parse_close(self._pending_payload)
+                self.close_rcvd = Close(rcvd_code, rcvd_reason)
+                self._send_close(code, reason)
+                self.state = CLOSING
+                self.deadline = 0.0
+                self.should_close = True
+                return
+            self._send_close(code, reason)
+            self.state = CLOSING
             timeout = self.config.close_timeout
             self.deadline = now + timeout if timeout is not None else 0.0
         elif self.state == CONNECTING:
@@ -529,16 +543,16 @@ class ServerProtocol:
         self._stopped = True
 
     def _send_close(self, code: int, reason: str) -> None:
-        self.close_sent = Close(code, reason)
-        if self.close_rcvd_then_sent is None:
-            self.close_rcvd_then_sent = self.close_rcvd is not None
         try:
             payload = _close_payload(code, reason)
         except ValueError:
             if len(reason.encode("utf-8")) <= 123:
-                raise  # the code itself may not be sent
+                raise  # the code itself may not be sent: nothing is
             # A reason over 123 bytes: cut it at a character boundary.
             payload = _close_payload(code, reason.encode("utf-8")[:123].decode("utf-8", "ignore"))
+        self.close_sent = Close(code, reason)
+        if self.close_rcvd_then_sent is None:
+            self.close_rcvd_then_sent = self.close_rcvd is not None
         self._append(self._writer.frame(OP_CLOSE, payload))
 
     # -- sending --------------------------------------------------------

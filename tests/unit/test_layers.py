@@ -247,3 +247,38 @@ def test_compiled_sources_are_links_to_their_twins() -> None:
         path = PACKAGE / rel
         assert path.is_symlink(), rel
         assert os.readlink(path) == path.name.replace("_c.py", "_py.py")
+
+
+@pytest.mark.skipif(not fastws.COMPILED, reason="needs the compiled build to remove one module of it")
+@pytest.mark.parametrize("missing", ["protocol/_server_c", "connection/_connection_c", "codec/_frame"])
+def test_a_missing_build_means_all_twins(tmp_path: Path, missing: str) -> None:
+    """Without one extension, every module is the twin (a compiled layer
+    cannot drive a twin below it), COMPILED is False, and one warning says why;
+    the link beside a missing compiled module never passes for it."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "fastws"
+    shutil.copytree(PACKAGE, copy, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for so in copy.glob(missing + ".*"):
+        if so.suffix in (".so", ".pyd"):
+            so.unlink()
+    code = (
+        "import fastws, fastws.codec, fastws.protocol;"
+        "print(fastws.__file__, fastws.COMPILED, fastws.Connection.__module__,"
+        " fastws.protocol.ServerProtocol.__module__, fastws.codec.frame.__name__)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FASTWS_NO_EXTENSIONS"}
+    env["PYTHONPATH"] = str(tmp_path)
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    where, compiled, conn, proto, frame = res.stdout.split()
+    assert where == str(copy / "__init__.py")
+    assert (compiled, conn, proto, frame) == (
+        "False",
+        "fastws.connection._connection_py",
+        "fastws.protocol._server_py",
+        "fastws.codec._frame_py",
+    )
+    assert "compiled modules not built (fastws." + missing.replace("/", ".") + ")" in res.stderr
