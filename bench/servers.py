@@ -9,6 +9,9 @@
 - ``aiohttp``          — an ``aiohttp.web`` app with a ``WebSocketResponse`` echo;
 - ``picows-uvloop``    — the picows echo with ``use_aiofastnet=False`` (uvloop's
   transport instead of picows' default aiofastnet one), for reference.
+- ``fastws-callback-hashlib`` — ``fastws-callback`` with the server's accept-key
+  function replaced by the pure twin's (``hashlib.sha1`` + ``base64``) instead
+  of the compiled hand-written SHA-1, for ``python -m bench.handshakes``.
 
 All echo text as text and binary as binary, accept any path, answer a close
 frame, negotiate no extension (the load generator offers none), log only
@@ -40,6 +43,29 @@ async def _fastws_callback(host: str, port: int, max_size: int) -> Any:
     from fastws.demo import EchoHandler
 
     return await fastws.serve(EchoHandler, host, port, access_log=False, max_message_size=max_size)
+
+
+async def _fastws_callback_hashlib(host: str, port: int, max_size: int) -> Any:
+    """``fastws-callback`` computing Sec-WebSocket-Accept with hashlib + base64.
+
+    ``fastws.protocol.http.check_request`` calls ``_handshake.accept_key(key)``
+    on the picked codec module object (``fastws.codec.handshake``) at call
+    time, so replacing the attribute on that module object switches the
+    server to the pure twin's ``accept_key`` (``hashlib.sha1(key + GUID,
+    usedforsecurity=False)`` then ``base64.b64encode``) and nothing else.
+    """
+    import fastws.codec
+    import fastws.protocol.http
+    from fastws.codec import _handshake_py
+
+    setattr(fastws.codec.handshake, "accept_key", _handshake_py.accept_key)
+    # The variant must really run hashlib: the module check_request uses is
+    # the one we patched, and its accept_key is now the twin's.
+    # (Not ``assert``: it must hold under ``python -O`` too.)
+    used = getattr(fastws.protocol.http, "_handshake")
+    if used is not fastws.codec.handshake or used.accept_key is not _handshake_py.accept_key:
+        raise RuntimeError("fastws-callback-hashlib: check_request would not call the hashlib accept_key")
+    return await _fastws_callback(host, port, max_size)
 
 
 async def _fastws_coroutine(host: str, port: int, max_size: int) -> Any:
@@ -123,6 +149,9 @@ SERVERS: dict[str, Callable[[str, int, int], Awaitable[Any]]] = {
     "aiohttp": _aiohttp,
     # Not in the default comparison: picows on uvloop's own transport.
     "picows-uvloop": _picows_uvloop,
+    # Not in the default comparison: fastws-callback with hashlib's SHA-1
+    # for the accept key (python -m bench.handshakes).
+    "fastws-callback-hashlib": _fastws_callback_hashlib,
 }
 
 
