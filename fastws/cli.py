@@ -197,7 +197,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
     try:
         return Config(**{f.name: getattr(args, f.name) for f, _ in options()})
     except ValueError as exc:
-        raise TargetError(str(exc)) from None
+        # Config names the field; the user typed the flag.
+        message = str(exc)
+        for f, opt in options():
+            if message.startswith(f.name + " "):
+                message = f"{opt.flags[0]}: {message}"
+                break
+        raise TargetError(message) from None
 
 
 def _codec_name() -> str:
