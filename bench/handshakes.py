@@ -54,10 +54,8 @@ import math
 import os
 import platform
 import resource
-import selectors
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,6 +65,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.run import _free_port, _stop, _wait_ready, code_env
 from bench.servers import SERVERS
 
 __all__ = ["main", "run_load"]
@@ -341,10 +340,6 @@ def run_load(host: str, port: int, server_pid: int, conns: int, warmup: float, d
 # -- one run ---------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _server_preexec(cpus: set[int] | None) -> Any:
@@ -359,43 +354,10 @@ def _server_preexec(cpus: set[int] | None) -> Any:
     return setup
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], timeout: float) -> str | None:
-    """The server's ``ready`` line, None if it exited or timed out first."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    buf = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(max(0.0, deadline - time.monotonic())):
-                break
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                return None
-            buf += chunk
-            start = buf.find(b"ready")
-            if start >= 0 and b"\n" in buf[start:]:
-                return buf[start : buf.index(b"\n", start)].decode("utf-8", "replace")
-    return None
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    if proc.stdout is not None:
-        proc.stdout.close()
-    return proc.returncode
 
 
-def _code_env(workdir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(workdir), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return env
 
 
 def _check_compiled(workdir: Path) -> None:
@@ -406,7 +368,7 @@ def _check_compiled(workdir: Path) -> None:
     probe = subprocess.run(
         [sys.executable, "-c", "import fastws, fastws.codec as c; print(fastws.COMPILED, c.handshake.__name__, fastws.__file__)"],
         cwd=workdir,
-        env=_code_env(workdir),
+        env=code_env(workdir),
         capture_output=True,
         text=True,
         timeout=60,
@@ -428,7 +390,7 @@ def run_one(name: str, opts: argparse.Namespace, workdir: Path, server_cpus: set
     """Start server ``name``, run the clients against it, stop it."""
     port = _free_port()
     row: dict[str, Any] = {"server": name, "port": port}
-    env = _code_env(workdir)
+    env = code_env(workdir)
     with tempfile.TemporaryFile() as errlog:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.servers", name, "--port", str(port)],

@@ -302,6 +302,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> int | None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+    if proc.stdout is not None:
+        proc.stdout.close()
     return proc.returncode
 
 
