@@ -33,7 +33,7 @@ from .exceptions import (
 )
 from .faces.asyncio import ServerConnection, broadcast
 from .faces.callback import Handler
-from .protocol.http import Headers, Request, Response
+from .protocol.http import Headers, MultipleValuesError, Request, Response
 from .server import Server, basic_auth, serve, unix_serve
 from .types import Close, CloseCode, State
 
@@ -57,6 +57,7 @@ __all__ = [
     "InvalidHeaderValue",
     "InvalidOrigin",
     "InvalidUpgrade",
+    "MultipleValuesError",
     "NegotiationError",
     "PayloadTooBig",
     "ProtocolError",

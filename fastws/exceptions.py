@@ -91,7 +91,7 @@ class InvalidHandshake(WebSocketException):
 
     status: int = 400
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str = "", status: int | None = None) -> None:
         super().__init__(message)
         if status is not None:
             self.status = status

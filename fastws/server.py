@@ -25,7 +25,7 @@ from .config import DEFAULTS, Config, options
 from .connection import Connection
 from .faces.asyncio import coroutine_face
 from .faces.callback import callback_face
-from .protocol.http import Request, Response, make_response
+from .protocol.http import MultipleValuesError, Request, Response, make_response
 from .types import CloseCode, State
 
 __all__ = ["Server", "basic_auth", "serve", "unix_serve", "resolve_handler"]
@@ -38,23 +38,55 @@ ProcessRequest = Callable[[Any, Request], "Response | None | Awaitable[Response 
 _ALIASES = {"max_size": "max_message_size"}
 
 
-def resolve_handler(handler: Any, create_connection: type | None = None) -> Callable[[Connection], None]:
+def resolve_handler(
+    handler: Any,
+    create_connection: Callable[..., Any] | None = None,
+    logger: "logging.Logger | logging.LoggerAdapter[Any] | None" = None,
+) -> Callable[[Connection], None]:
     """The face that serves ``handler``: what each new connection attaches.
 
-    Accepted: an ``async def handler(ws)`` (coroutine level), a handler class
-    or any zero-argument factory (one handler per connection), or a handler
-    instance (shared by every connection).
+    - a handler class (a :class:`~fastws.Handler` subclass, or any class with
+      ``on_message``), or a zero-argument factory of handlers: callback
+      level, one handler per connection;
+    - an object with ``on_message``: callback level, shared;
+    - any other callable that takes the connection and returns an awaitable
+      (``async def handler(ws)``, ``functools.partial``, a lambda, an object
+      with ``async def __call__``, a decorated function): coroutine level,
+      as in ``websockets``.
     """
-    if inspect.iscoroutinefunction(handler):
-        return coroutine_face(handler, create_connection)
-    if isinstance(handler, type) or (callable(handler) and not hasattr(handler, "on_message")):
+    if isinstance(handler, type):
+        if not hasattr(handler, "on_message"):
+            raise TypeError(f"handler class {handler.__name__} has no on_message(ws, data, is_text)")
         return callback_face(handler)
     if hasattr(handler, "on_message"):
         return callback_face(lambda: handler)
-    raise TypeError(
-        "handler must be an async function handler(ws), a handler class with "
-        f"on_message(ws, data, is_text), or an instance of one; got {handler!r}"
-    )
+    if not callable(handler):
+        raise TypeError(
+            "handler must be an async function handler(ws), a handler class with "
+            f"on_message(ws, data, is_text), or an instance of one; got {handler!r}"
+        )
+    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None)):
+        return coroutine_face(handler, create_connection, logger)
+    if _takes_no_argument(handler):
+        return callback_face(handler)
+    return coroutine_face(handler, create_connection, logger)
+
+
+def _takes_no_argument(func: Callable[..., Any]) -> bool:
+    """True for a factory ``f()`` that cannot take a connection ``f(ws)``."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return False
+    try:
+        signature.bind(None)
+    except TypeError:
+        try:
+            signature.bind()
+        except TypeError:
+            return False
+        return True
+    return False
 
 
 class ServerState:
@@ -70,10 +102,19 @@ class ServerState:
         subprotocols: Sequence[str] | None = None,
         select_subprotocol: Callable[[Any, Sequence[str]], str | None] | None = None,
         origins: Sequence[str | re.Pattern[str] | None] | None = None,
-        create_connection: type | None = None,
+        create_connection: Callable[..., Any] | None = None,
+        logger: "logging.Logger | logging.LoggerAdapter[Any] | str | None" = None,
     ) -> None:
+        if isinstance(subprotocols, str):
+            raise TypeError(f"subprotocols must be a list, not a {type(subprotocols).__name__}")
         self.config = config
-        self.attach_face = resolve_handler(handler, create_connection)
+        #: The server's logger (websockets' ``logger=``: a Logger, an
+        #: adapter or a name); ``fastws.server`` by default.
+        self.logger: "logging.Logger | logging.LoggerAdapter[Any]" = (
+            logging.getLogger("fastws.server") if logger is None
+            else logging.getLogger(logger) if isinstance(logger, str) else logger
+        )
+        self.attach_face = resolve_handler(handler, create_connection, self.logger)
         self.connections: set[Connection] = set()
         self.process_request = process_request
         self.process_response = process_response
@@ -97,6 +138,11 @@ class Server:
         self._closing: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+
+    @property
+    def logger(self) -> "logging.Logger | logging.LoggerAdapter[Any]":
+        """The server's logger (the ``logger`` option, as in websockets)."""
+        return self._context.logger
 
     @property
     def config(self) -> Config:
@@ -161,10 +207,9 @@ class Server:
         conns = list(self._context.connections)
         if close_connections:
             for conn in conns:
-                if conn.state is State.OPEN:
+                if conn.state is State.OPEN or conn.state is State.CONNECTING:
+                    # A handshake in progress gets 503 if its request is in.
                     conn.close(code, reason)
-                elif conn.state is State.CONNECTING:
-                    conn.abort()
         deadline = self._context.config.close_timeout if close_connections else None
         loop = asyncio.get_running_loop()
         end = None if deadline is None else loop.time() + deadline
@@ -228,6 +273,7 @@ def _split_options(options: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
 
 
 _STATE_OPTIONS = {
+    "logger",
     "process_request",
     "process_response",
     "subprotocols",
@@ -236,7 +282,7 @@ _STATE_OPTIONS = {
     "create_connection",
 }
 # Accepted for websockets compatibility and deliberately unused (docs/migration.md).
-_IGNORED_OPTIONS = {"logger", "extensions", "extra_headers"}
+_IGNORED_OPTIONS = {"extensions", "extra_headers"}
 
 
 _UNSET: Any = object()
@@ -261,10 +307,11 @@ class serve:
     def __init__(self, handler: Any, host: Any = _UNSET, port: Any = _UNSET, **options: Any) -> None:
         config, rest = _split_options(dict(options))
         state_kwargs = {k: rest.pop(k) for k in list(rest) if k in _STATE_OPTIONS}
+        self._unix = "path" in rest  # unix_serve(), even with path=None (then sock= or an error)
         self._unix_path = rest.pop("path", None)
         for ignored in _IGNORED_OPTIONS:
             rest.pop(ignored, None)
-        if host is _UNSET and port is _UNSET and self._unix_path is None and rest.get("sock") is None:
+        if host is _UNSET and port is _UNSET and not self._unix and rest.get("sock") is None:
             host, port, self._unix_path = config.host, config.port, config.uds
         # What is left goes to loop.create_server(), as in websockets.
         self._context = ServerState(handler, config, **state_kwargs)
@@ -279,7 +326,10 @@ class serve:
         loop = asyncio.get_running_loop()
         kwargs = dict(self._listen_kwargs)
         backlog = context.config.backlog
-        if self._unix_path is not None or (kwargs.get("sock") is not None and kwargs["sock"].family == socket.AF_UNIX):
+        if kwargs.get("ssl") is not None and "ssl_handshake_timeout" not in kwargs:
+            # open_timeout covers the TLS handshake too (asyncio's own default is 60 s).
+            kwargs["ssl_handshake_timeout"] = context.config.open_timeout
+        if self._unix or self._unix_path is not None or (kwargs.get("sock") is not None and kwargs["sock"].family == socket.AF_UNIX):
 
             async def create(factory: Callable[[], Any]) -> asyncio.Server:
                 return await loop.create_unix_server(factory, self._unix_path, backlog=backlog, **kwargs)
@@ -328,7 +378,7 @@ def basic_auth(
     an accepted one sets ``connection.username``.
     """
     if (credentials is None) == (check_credentials is None):
-        raise TypeError("provide either credentials or check_credentials")
+        raise ValueError("provide either credentials or check_credentials")
     if credentials is not None:
         pairs: list[Any]
         if isinstance(credentials, tuple) and len(credentials) == 2 and all(isinstance(c, str) for c in credentials):
@@ -359,6 +409,8 @@ def basic_auth(
             authorization = request.headers["Authorization"]
         except KeyError:
             return unauthorized("Missing credentials\n")
+        except MultipleValuesError:
+            return unauthorized("Unsupported credentials\n")
         scheme, _, token = authorization.partition(" ")
         try:
             if scheme.lower() != "basic":

@@ -28,12 +28,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..codec import frame as _frame
+from ..exceptions import ConnectionClosed
 from ..protocol import ServerProtocol as _ServerProtocol
 from ..protocol.http import Request, Response, format_address, make_response
 from ..types import CloseCode, PauseReason, State
 
 if TYPE_CHECKING:
-    from ..exceptions import ConnectionClosed
     from ..types import Close
     from . import ServerContext
 
@@ -364,8 +364,9 @@ class Connection:
         try:
             ctx.attach_face(self)
         except Exception:
+            # Answered with a 500 once the request has arrived (see
+            # _handshake_received): user code never drops TCP unanswered.
             logger.exception("conn %d: handler factory failed", self.num)
-            self.abort()
 
     def data_received(self, data: bytes) -> None:
         state = self._proto.state
@@ -435,6 +436,10 @@ class Connection:
         if request is None:
             if proto.should_close:
                 self._refused()
+            return
+        if self._on_message is None:
+            # The face could not be made (logged in connection_made).
+            self._send_response(make_response(500, "Internal server error.\n"), "handler factory failed")
             return
         self.pause_reading(PAUSE_HANDSHAKE)  # nothing more is read until we decide
         try:
@@ -599,7 +604,11 @@ class Connection:
             if opcode == OP_TEXT or opcode == OP_BINARY:
                 try:
                     self._on_message(self, event[1], opcode == OP_TEXT)
-                except Exception:
+                except Exception as exc:
+                    if proto.state != OPEN and isinstance(exc, ConnectionClosed):
+                        # A reply to a message read after our close frame:
+                        # nothing may be sent any more, and that is no error.
+                        continue
                     self._user_error("on_message")
                     return
             elif opcode == OP_PING:

@@ -69,7 +69,8 @@ class ServerConnection:
         self._queue_paused = False
         #: Round-trip time of the last keepalive ping, in seconds.
         self.latency: float = 0.0
-        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+        self._logger: logging.LoggerAdapter[Any] | None = None
+        self._server_logger: "logging.Logger | logging.LoggerAdapter[Any] | None" = None
         #: Set by :func:`fastws.basic_auth` to the authenticated user.
         self.username: str | None = None
         self._fragmenting: asyncio.Future[None] | None = None
@@ -114,10 +115,12 @@ class ServerConnection:
         return self._conn.id
 
     @property
-    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
-        """A logger that tags records with this connection (``websocket``)."""
+    def logger(self) -> logging.LoggerAdapter[Any]:
+        """The server's logger (``logger=``), tagging records with this
+        connection (``websocket`` in ``extra``), as in websockets."""
         if self._logger is None:
-            self._logger = logging.LoggerAdapter(logging.getLogger("fastws.server"), {"websocket": self})
+            base = self._server_logger if self._server_logger is not None else logging.getLogger("fastws.server")
+            self._logger = logging.LoggerAdapter(base, {"websocket": self})
         return self._logger
 
     @property
@@ -384,7 +387,8 @@ class ServerConnection:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
             raise
         except Exception:
-            logger.exception("conn %d: connection handler failed; closing with 1011", conn.num)
+            # Through the server's logger (logger=), as websockets does.
+            self.logger.exception("conn %d: connection handler failed; closing with 1011", conn.num)
             if conn.state is State.OPEN:
                 conn.close(CloseCode.INTERNAL_ERROR, "internal error")
             return
@@ -453,20 +457,27 @@ def _check_fragment(chunk: Data, first_is_str: bool) -> None:
 
 
 def coroutine_face(
-    handler: Callable[[ServerConnection], Awaitable[Any]], cls: type | None = None
+    handler: Callable[[ServerConnection], Awaitable[Any]],
+    create_connection: Callable[..., Any] | None = None,
+    logger: "logging.Logger | logging.LoggerAdapter[Any] | None" = None,
 ) -> Callable[[Connection], None]:
     """The face that runs ``handler(ws)`` in a task for each connection.
 
-    ``cls`` (websockets' ``create_connection``) is a ServerConnection
-    subclass to use instead of ServerConnection.
+    ``create_connection`` (as in websockets: "a wrapper or a subclass") is
+    called like ServerConnection and must return a ServerConnection.
     """
-    connection_class = ServerConnection if cls is None else cls
-    if not (isinstance(connection_class, type) and issubclass(connection_class, ServerConnection)):
-        raise TypeError(f"create_connection must be a subclass of fastws.ServerConnection, got {cls!r}")
+    factory = ServerConnection if create_connection is None else create_connection
+    if not callable(factory):
+        raise TypeError(f"create_connection must be a ServerConnection subclass or a wrapper, got {factory!r}")
+    if isinstance(factory, type) and not issubclass(factory, ServerConnection):
+        raise TypeError(f"create_connection must be a subclass of fastws.ServerConnection, got {factory!r}")
 
     def attach(conn: Connection) -> None:
-        ws = connection_class(handler)
+        ws = factory(handler)
+        if not isinstance(ws, ServerConnection):
+            raise TypeError(f"create_connection returned {ws!r}, not a fastws.ServerConnection")
         ws._bind(conn)
+        ws._server_logger = logger
         conn.attach(
             ws,
             ws._on_connect,

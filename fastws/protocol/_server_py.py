@@ -190,7 +190,7 @@ class ServerProtocol:
         self._rest = rest
         request = Request(
             self._url.decode("latin-1"),
-            Headers(self._headers),
+            Headers._from_wire(self._headers),
             parser.get_method().decode("latin-1"),
             parser.get_http_version(),
         )
@@ -302,11 +302,12 @@ class ServerProtocol:
         if response is None:
             head = self._head
         elif response.status_code == 101:
+            # A 101 from process_response is sent as the hook left it (the
+            # prepared one had the Server header; deleting it is allowed).
             self._response = response
-            self._add_server_header(response)
             head = response.serialize()
-            if self.deflate is not None and "permessage-deflate" not in (
-                response.headers.get("Sec-WebSocket-Extensions") or ""
+            if self.deflate is not None and "permessage-deflate" not in ",".join(
+                response.headers.get_all("Sec-WebSocket-Extensions")
             ):
                 # A 101 without the extension: the client will not inflate,
                 # so nothing may be compressed.
@@ -377,9 +378,10 @@ class ServerProtocol:
                 return None
             opcode = event[0]
             if opcode == OP_TEXT or opcode == OP_BINARY:
-                # Messages after our close frame are read (to find the
-                # peer's close) but no longer delivered (RFC 6455 5.5.1).
-                if self.state == OPEN:
+                # Messages the peer sent before it saw our close frame are
+                # delivered too (RFC 6455 forbids sending data after a close,
+                # not receiving it; websockets does the same).
+                if self.state == OPEN or self.state == CLOSING:
                     if self.deflate is not None and len(event[1]) > self.deflate.max_size:
                         # The reader's limit has room for deflate's expansion
                         # (see send_response); an uncompressed message gets none.
@@ -404,7 +406,7 @@ class ServerProtocol:
                 # A compressed message (the reader lets RSV1 through only
                 # when permessage-deflate was agreed). Off the branches
                 # above, so uncompressed messages never test for it.
-                if self.state == OPEN:
+                if self.state == OPEN or self.state == CLOSING:
                     is_text = opcode == OP_TEXT | FLAG_RSV1
                     try:
                         data = self.deflate.inflate(event[1], is_text)
@@ -480,7 +482,8 @@ class ServerProtocol:
 
         Everything queued before is sent before the close frame. TCP closes
         when the peer answers, or at ``deadline`` (``close_timeout``).
-        While CONNECTING, the connection just closes (``should_close``).
+        While CONNECTING, a request that hooks are still deciding on is
+        answered 503; without a request the connection just closes.
         """
         if self.state == OPEN:
             pending = self._pending
@@ -504,7 +507,12 @@ class ServerProtocol:
             timeout = self.config.close_timeout
             self.deadline = now + timeout if timeout is not None else 0.0
         elif self.state == CONNECTING:
-            self.should_close = True
+            if self.request is not None and not self.should_close:
+                # The request is in (hooks are deciding): answer it, as
+                # websockets does when its server closes mid-handshake.
+                self._reject(make_response(503, "Server is shutting down.\n"), "server closing")
+            else:
+                self.should_close = True
 
     def abort(self) -> None:
         """The connection is being dropped: nothing more is sent or read."""

@@ -9,9 +9,10 @@ connection, so it is plain Python; the hashing lives in the codec.
 from __future__ import annotations
 
 import http
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 from ..codec import handshake as _handshake
 from ..exceptions import InvalidHandshake, InvalidHeader, InvalidHeaderValue, InvalidUpgrade
@@ -30,84 +31,130 @@ __all__ = [
 ]
 
 
-class Headers:
+HeadersLike = Union["Headers", Mapping[str, str], Iterable[tuple[str, str]]]
+
+# RFC 9110 section 5.5: field-value characters; CR, LF and NUL would let a
+# value smuggle another header or end the head.
+_UNSAFE_VALUE = re.compile(r"[\x00\r\n]")
+
+
+class Headers(MutableMapping[str, str]):
     """Case-insensitive multi-map of HTTP headers that keeps every occurrence.
 
-    ``headers["X"]`` returns the only value of ``X`` and raises ``KeyError`` if
-    it is missing (or, like ``websockets``, ``MultipleValuesError`` — a
-    ``KeyError`` — if it is repeated); ``get_all`` returns every value.
+    Behaves like ``websockets.datastructures.Headers``:
+
+    - ``headers[name]`` is the only value of ``name``; ``KeyError`` if it is
+      missing, :class:`MultipleValuesError` if it is repeated;
+    - ``headers[name] = value`` *adds* a value (earlier ones are kept);
+      ``del headers[name]`` removes every value;
+    - ``len``, iteration, ``keys()``, ``items()``, ``dict(headers)`` see
+      each distinct name once, lower-cased; ``get_all(name)`` and
+      ``raw_items()`` give every value with the names as received;
+    - ``copy()``, ``update()``, ``pop``, ``setdefault``, ``clear``,
+      ``popitem`` and ``==`` work as for a mapping.
+
+    Values are ``str`` holding ISO-8859-1 text, as read from the wire; a value
+    with CR, LF or NUL is refused (``ValueError``).
     """
 
-    __slots__ = ("_items", "_index")
+    __slots__ = ("_dict", "_list")
 
-    def __init__(self, items: "Mapping[str, str] | list[tuple[str, str]] | None" = None) -> None:
-        self._items: list[tuple[str, str]] = []
-        self._index: dict[str, list[str]] = {}
-        if items is not None:
-            pairs = items.items() if isinstance(items, Mapping) else items
-            for name, value in pairs:
-                self[name] = value
+    def __init__(self, *args: HeadersLike, **kwargs: str) -> None:
+        self._dict: dict[str, list[str]] = {}
+        self._list: list[tuple[str, str]] = []
+        self.update(*args, **kwargs)
 
-    def __setitem__(self, name: str, value: str) -> None:
-        """Add a header; earlier values of the same name are kept."""
-        self._items.append((name, value))
-        self._index.setdefault(name.lower(), []).append(value)
+    @classmethod
+    def _from_wire(cls, pairs: list[tuple[str, str]]) -> "Headers":
+        """Headers as parsed from a request (httptools has checked them)."""
+        headers = cls()
+        index = headers._dict
+        for name, value in pairs:
+            index.setdefault(name.lower(), []).append(value)
+        headers._list = pairs
+        return headers
 
     def __getitem__(self, name: str) -> str:
-        values = self._index[name.lower()]
+        values = self._dict[name.lower()]
         if len(values) > 1:
             raise MultipleValuesError(name)
         return values[0]
 
+    def __setitem__(self, name: str, value: str) -> None:
+        """Add a header; earlier values of the same name are kept."""
+        if _UNSAFE_VALUE.search(value):
+            raise ValueError(f"invalid value for header {name}: {value!r} (CR, LF and NUL are not allowed)")
+        self._dict.setdefault(name.lower(), []).append(value)
+        self._list.append((name, value))
+
     def __delitem__(self, name: str) -> None:
         key = name.lower()
-        del self._index[key]
-        self._items = [(n, v) for n, v in self._items if n.lower() != key]
+        del self._dict[key]
+        # Slow, like websockets': deleting a header is rare.
+        self._list = [(n, v) for n, v in self._list if n.lower() != key]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._index
+        return isinstance(name, str) and name.lower() in self._dict
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._index)
+        return iter(self._dict)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._dict)
 
-    def get(self, name: str, default: str | None = None) -> str | None:
-        """The only value of ``name``, or ``default`` if it is missing."""
-        try:
-            return self[name]
-        except KeyError:
-            return default
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return self._dict == other._dict
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like dict
+
+    def copy(self) -> "Headers":
+        """A shallow copy: changing it leaves this one as it is."""
+        copy = self.__class__()
+        copy._dict = {name: list(values) for name, values in self._dict.items()}
+        copy._list = list(self._list)
+        return copy
+
+    def clear(self) -> None:
+        """Remove every header."""
+        self._dict = {}
+        self._list = []
+
+    def update(self, *args: HeadersLike, **kwargs: str) -> None:  # type: ignore[override]
+        """Add the headers of a Headers, a mapping, pairs and/or keywords."""
+        converted = tuple(arg.raw_items() if isinstance(arg, Headers) else arg for arg in args)
+        super().update(*converted, **kwargs)
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order (empty list if missing)."""
-        return list(self._index.get(name.lower(), ()))
+        return list(self._dict.get(name.lower(), ()))
 
-    def raw_items(self) -> list[tuple[str, str]]:
-        """Every ``(name, value)`` pair in the order received."""
-        return list(self._items)
-
-    def items(self) -> list[tuple[str, str]]:
-        return self.raw_items()
-
-    def update(self, other: "Headers | Mapping[str, str] | list[tuple[str, str]]") -> None:
-        pairs = other.raw_items() if isinstance(other, Headers) else (
-            other.items() if isinstance(other, Mapping) else other
-        )
-        for name, value in pairs:
-            self[name] = value
+    def raw_items(self) -> Iterator[tuple[str, str]]:
+        """Every ``(name, value)`` pair, with names as received, in order."""
+        return iter(self._list)
 
     def serialize(self) -> bytes:
         """The header lines as sent on the wire, each ending with CRLF."""
-        return "".join(f"{n}: {v}\r\n" for n, v in self._items).encode("latin-1")
+        return "".join(f"{n}: {v}\r\n" for n, v in self._list).encode("latin-1")
+
+    def __str__(self) -> str:
+        return "".join(f"{n}: {v}\r\n" for n, v in self._list) + "\r\n"
 
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        return f"{self.__class__.__name__}({self._list!r})"
 
 
-class MultipleValuesError(KeyError):
-    """A header that must appear once appeared several times."""
+class MultipleValuesError(LookupError):
+    """A header that must appear once appeared several times (as in
+    ``websockets``: a ``LookupError``, not a ``KeyError``, so ``get()`` does
+    not hide it)."""
+
+    def __str__(self) -> str:
+        # Like KeyError's: the name in quotes.
+        if len(self.args) == 1:
+            return repr(self.args[0])
+        return super().__str__()
 
 
 def parse_tokens(values: list[str]) -> list[str]:
@@ -258,7 +305,8 @@ def error_response(exc: InvalidHandshake) -> Response:
     extra = []
     if exc.status == 426:
         extra = [("Sec-WebSocket-Version", "13")]
-    return make_response(exc.status, f"Failed to open a WebSocket connection: {exc}.\n", headers=extra)
+    why = str(exc) or type(exc).__name__
+    return make_response(exc.status, f"Failed to open a WebSocket connection: {why}.\n", headers=extra)
 
 
 def upgrade_required(request: Request) -> Response:

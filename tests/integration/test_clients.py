@@ -421,8 +421,12 @@ async def test_request_and_addresses_visible_in_handler() -> None:
     assert headers.get("x-Single") == "Value"
     assert "X-single" in headers
     assert headers.get_all("X-MULTI") == ["one", "two"]
-    with pytest.raises(KeyError):
+    # As in websockets: MultipleValuesError, a LookupError but not a KeyError
+    # (so headers.get() does not hide a repeated header).
+    with pytest.raises(fastws.MultipleValuesError):
         headers["x-multi"]
+    with pytest.raises(fastws.MultipleValuesError):
+        headers.get("x-multi")
     assert headers.get_all("user-agent") == ["fastws-tests"]
     assert headers.get("nope") is None
     assert tuple(seen["remote"][:2]) == tuple(client_addr[:2])

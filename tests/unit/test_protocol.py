@@ -854,9 +854,10 @@ class TestClose:
             p.close(1006)
         assert p.out == [] and p.state == OPEN
 
-    def test_data_after_our_close_is_dropped(self, Protocol: type) -> None:
-        # RFC 6455 section 5.5.1: once our close is sent, the messages still
-        # arriving are read (to find the peer's close) but not delivered.
+    def test_data_after_our_close_is_delivered(self, Protocol: type) -> None:
+        # RFC 6455 forbids sending data after a close frame, not receiving
+        # it: messages the peer sent before it saw our close still arrive
+        # (as in websockets), and the peer's close completes the handshake.
         for way, chunks in splits(frame(TEXT, b"late") + frame(BINARY, b"x", fin=False) + frame(CONT, b"y")
                                   + frame(PONG, b"po") + close_frame(1000, "ok")).items():
             p = opened(Protocol)
@@ -865,7 +866,7 @@ class TestClose:
             events: Events = []
             for chunk in chunks:
                 events += receive(p, chunk)
-            assert events == [(PONG, b"po"), CLOSE_EVENT], way
+            assert events == [(TEXT, b"late"), (BINARY, b"xy"), (PONG, b"po"), CLOSE_EVENT], way
             assert p.out == [], way
             assert p.should_close and p.state == CLOSING
             assert p.close_rcvd == Close(1000, "ok")
