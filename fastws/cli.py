@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 from . import _select
 from ._version import __version__
 from .config import Config, Option, options
-from .server import resolve_handler, serve
+from .server import resolve_handler, serve, tls_context
 
 logger = logging.getLogger("fastws")
 
@@ -206,6 +206,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise TargetError(message) from None
 
 
+def _scheme(config: Config) -> str:
+    return "ws" if config.ssl_certfile is None else "wss"
+
+
 def _codec_name() -> str:
     return "compiled" if _select.compiled() else "pure-python"
 
@@ -218,7 +222,7 @@ async def _serve(config: Config, target: str, handler: Any, *, reuse_port: bool,
         server = await serve(handler, config=config, reuse_port=reuse_port or None)
         sockname = server.sockets[0].getsockname()
         host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
-        where = f"ws://{host}:{sockname[1]}"
+        where = f"{_scheme(config)}://{host}:{sockname[1]}"
     if announce:
         logger.info(
             "fastws %s serving %s on %s (workers %d, loop %s, codec %s)",
@@ -273,9 +277,10 @@ def _serve_workers(config: Config, target: str) -> int:
     for p in procs:
         p.start()
     logger.info(
-        "fastws %s serving %s on ws://%s:%d (workers %d, loop %s, codec %s)",
+        "fastws %s serving %s on %s://%s:%d (workers %d, loop %s, codec %s)",
         __version__,
         target,
+        _scheme(config),
         config.host,
         config.port,
         config.workers,
@@ -316,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         handler = load_target(args.target)
+        try:
+            tls_context(config)  # fail now, in one line, not in a worker
+        except (OSError, ValueError) as exc:
+            raise TargetError(f"TLS: cannot use --ssl-certfile/--ssl-keyfile: {exc}") from None
         if config.workers > 1:
             return _serve_workers(config, args.target)
         _run_loop(_loop_name(config.loop), _serve(config, args.target, handler, reuse_port=False, announce=True))

@@ -75,6 +75,26 @@ class Config:
         "fastws", "--server-header", help="Server header of every response; 'none' sends none", kind="str"
     )
 
+    # -- TLS (wss://), uvicorn's flag names ------------------------------
+    #: PEM private key and certificate chain: with both, the server speaks
+    #: TLS (wss://), 1.2 or newer. ``serve(ssl=context)`` takes a ready
+    #: ``ssl.SSLContext`` instead.
+    ssl_keyfile: str | None = option(None, "--ssl-keyfile", help="TLS private key (PEM)", kind="str", metavar="PATH")
+    ssl_certfile: str | None = option(None, "--ssl-certfile", help="TLS certificate chain (PEM)", kind="str", metavar="PATH")
+    #: Password of an encrypted ``ssl_keyfile``.
+    ssl_keyfile_password: str | None = option(
+        None, "--ssl-keyfile-password", help="password of an encrypted TLS key", kind="str", metavar="PASSWORD"
+    )
+    #: CA bundle to verify client certificates with (then they are required).
+    ssl_ca_certs: str | None = option(
+        None, "--ssl-ca-certs", help="CA certificates (PEM) that client certificates must chain to", kind="str", metavar="PATH"
+    )
+    #: OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's);
+    #: ``None``: Python's secure default list.
+    ssl_ciphers: str | None = option(
+        None, "--ssl-ciphers", help="OpenSSL cipher list for TLS 1.2; default: Python's", kind="str", metavar="CIPHERS"
+    )
+
     # -- limits -------------------------------------------------------
     #: Largest message (reassembled payload) accepted, in bytes; over it the
     #: connection is closed with 1009. ``None``: no limit.
@@ -170,6 +190,8 @@ class Config:
             raise ValueError("port must be between 0 and 65535")
         if self.backlog < 0:
             raise ValueError("backlog must be >= 0")
+        if (self.ssl_keyfile is None) != (self.ssl_certfile is None):
+            raise ValueError("ssl_keyfile and ssl_certfile go together: give both for TLS, or neither")
         if self.compression not in (None, "deflate"):
             raise ValueError(f"unsupported compression: {self.compression!r} (use 'deflate' or None)")
         if not 8 <= self.deflate_server_max_window_bits <= 15:

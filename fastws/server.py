@@ -17,6 +17,7 @@ import inspect
 import logging
 import re
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -28,7 +29,7 @@ from .faces.callback import callback_face
 from .protocol.http import MultipleValuesError, Request, Response, make_response
 from .types import CloseCode, State
 
-__all__ = ["Server", "basic_auth", "serve", "unix_serve", "resolve_handler"]
+__all__ = ["Server", "basic_auth", "serve", "unix_serve", "resolve_handler", "tls_context"]
 
 logger = logging.getLogger("fastws")
 
@@ -288,6 +289,22 @@ _IGNORED_OPTIONS = {"extensions", "extra_headers"}
 _UNSET: Any = object()
 
 
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context from ``ssl_*`` options; None without a
+    certificate. TLS 1.2 is the oldest version offered."""
+    if config.ssl_certfile is None or config.ssl_keyfile is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile, password=config.ssl_keyfile_password)
+    if config.ssl_ca_certs is not None:
+        context.load_verify_locations(config.ssl_ca_certs)
+        context.verify_mode = ssl.CERT_REQUIRED
+    if config.ssl_ciphers is not None:
+        context.set_ciphers(config.ssl_ciphers)
+    return context
+
+
 class serve:
     """Start a WebSocket server: ``await serve(...)`` or ``async with serve(...)``.
 
@@ -313,6 +330,10 @@ class serve:
             rest.pop(ignored, None)
         if host is _UNSET and port is _UNSET and not self._unix and rest.get("sock") is None:
             host, port, self._unix_path = config.host, config.port, config.uds
+        if rest.get("ssl") is None:
+            context = tls_context(config)
+            if context is not None:
+                rest["ssl"] = context
         # What is left goes to loop.create_server(), as in websockets.
         self._context = ServerState(handler, config, **state_kwargs)
         self._host = None if host is _UNSET else host

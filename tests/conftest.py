@@ -49,7 +49,7 @@ async def serving(handler: Any, **options: Any) -> AsyncIterator[tuple[fastws.Se
         await asyncio.wait_for(server.wait_closed(), unit(15))
 
 
-_START = re.compile(r"serving \S+ on ws://([^ ]+):(\d+)")
+_START = re.compile(r"serving \S+ on wss?://([^ ]+):(\d+)")
 
 
 class ServerProcess:
