@@ -80,10 +80,18 @@ def _size(text: str) -> int:
     return int(value)
 
 
+def _list(text: str) -> tuple[str | None, ...]:
+    """``a,b,none``: the items, ``none`` standing for None (e.g. "no Origin")."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError(text)
+    return tuple(None if item.lower() == "none" else item for item in items)
+
+
 def _reader(field: dataclasses.Field[Any], opt: Option) -> Callable[[str], Any]:
     """The argparse ``type`` of a flag: parse one value, 'none' only where
     the field allows None (elsewhere it is a usage error, never the default)."""
-    readers: dict[str, Callable[[str], Any]] = {"size": _size, "seconds": float, "int": int, "str": str}
+    readers: dict[str, Callable[[str], Any]] = {"size": _size, "seconds": float, "int": int, "str": str, "list": _list}
     base = readers[opt.kind]
     optional = "None" in str(field.type)
 
@@ -101,7 +109,7 @@ def _reader(field: dataclasses.Field[Any], opt: Option) -> Callable[[str], Any]:
     return read
 
 
-_METAVARS = {"size": "BYTES", "seconds": "SECONDS", "int": "N", "str": "TEXT"}
+_METAVARS = {"size": "BYTES", "seconds": "SECONDS", "int": "N", "str": "TEXT", "list": "A,B,..."}
 
 
 def _describe(value: Any) -> str:

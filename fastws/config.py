@@ -9,6 +9,7 @@ fields (:func:`option`), so a new option is added here and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ class Option:
     #: One line for ``--help``; the default is appended.
     help: str
     #: How a value is read: "size" (``64KiB``), "seconds", "int", "str",
+    #: "list" (comma-separated; the word ``none`` stands for None),
     #: "choice", "switch" (``true``/``false`` to the field's on/off values),
     #: or "no" (a ``--no-x`` flag that sets False).
     kind: str
@@ -73,6 +75,15 @@ class Config:
     #: sends none.
     server_header: str | None = option(
         "fastws", "--server-header", help="Server header of every response; 'none' sends none", kind="str"
+    )
+
+    #: Origins allowed to open a WebSocket (defence against cross-site
+    #: WebSocket hijacking): any other ``Origin`` gets 403. ``None`` in the
+    #: list admits requests without ``Origin`` (non-browser clients); the
+    #: API also takes ``re.Pattern``s. ``None``: no check.
+    origins: "tuple[str | re.Pattern[str] | None, ...] | None" = option(
+        None, "--origins", help="comma-separated origins allowed (others get 403); 'none' in the list admits "
+        "requests without Origin, 'none' alone turns the check off", kind="list", metavar="ORIGINS",
     )
 
     # -- TLS (wss://), uvicorn's flag names ------------------------------
@@ -175,6 +186,11 @@ class Config:
     deflate_min_size: int = option(32, "--ws-deflate-min-size", help="messages shorter than this are sent uncompressed", kind="size")
 
     def __post_init__(self) -> None:
+        if self.origins is not None:
+            if isinstance(self.origins, (str, re.Pattern)):
+                raise TypeError("origins must be a list of origins, not a single one")
+            # A tuple: the Config stays hashable and cannot change under a server.
+            object.__setattr__(self, "origins", tuple(self.origins))
         for name in ("max_message_size", "max_write_buffer", "max_queue"):
             value = getattr(self, name)
             if value is not None and value < 1:

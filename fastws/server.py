@@ -102,7 +102,6 @@ class ServerState:
         process_response: Callable[[Any, Request, Response], Any] | None = None,
         subprotocols: Sequence[str] | None = None,
         select_subprotocol: Callable[[Any, Sequence[str]], str | None] | None = None,
-        origins: Sequence[str | re.Pattern[str] | None] | None = None,
         create_connection: Callable[..., Any] | None = None,
         logger: "logging.Logger | logging.LoggerAdapter[Any] | str | None" = None,
     ) -> None:
@@ -121,7 +120,7 @@ class ServerState:
         self.process_response = process_response
         self.subprotocols: Sequence[str] | None = list(subprotocols) if subprotocols else None
         self.select_subprotocol = select_subprotocol
-        self.origins = origins
+        self.origins: Sequence[str | re.Pattern[str] | None] | None = config.origins
         self.tasks: set[asyncio.Future[Any]] = set()
 
     def track_task(self, task: "asyncio.Future[Any]") -> None:
@@ -279,7 +278,6 @@ _STATE_OPTIONS = {
     "process_response",
     "subprotocols",
     "select_subprotocol",
-    "origins",
     "create_connection",
 }
 # Accepted for websockets compatibility and deliberately unused (docs/migration.md).
