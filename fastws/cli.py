@@ -253,8 +253,13 @@ async def _serve(config: Config, target: str, handler: Any, *, reuse_port: bool,
             os._exit(1)
         stopping = True
         if announce:
-            logger.info("%s received: closing connections with 1001 (waiting up to %ss)", signame, config.close_timeout)
-        server.close()
+            logger.info(
+                "%s received: closing connections with %d (waiting up to %ss)",
+                signame,
+                config.shutdown_close_code,
+                config.close_timeout,
+            )
+        server.close(code=config.shutdown_close_code)
 
     # Workers stop on the SIGTERM their parent forwards; a terminal's Ctrl-C
     # reaches the whole process group and is the parent's to handle.

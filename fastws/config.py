@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .types import CloseCode
+
 __all__ = ["Config", "DEFAULTS", "Option", "options"]
 
 
@@ -123,6 +125,13 @@ class Config:
         10.0, "--timeout-graceful-shutdown", "--close-timeout",
         help="seconds to wait for clients to close on shutdown", kind="seconds",
     )
+    #: Close code sent to every connection when the server stops on SIGTERM /
+    #: SIGINT: 1001 (going away), or 1012 (service restart) so clients know
+    #: to reconnect soon (CLI; ``server.close(code=...)`` in a program).
+    shutdown_close_code: int = option(
+        CloseCode.GOING_AWAY, "--shutdown-close-code", help="close code sent to every connection on shutdown (1001 or 1012)", kind="int",
+        process=True,
+    )
     #: High-water mark of a connection's write buffer, in bytes: above it the
     #: connection stops reading from the peer (callback level) and
     #: ``await send()`` waits (coroutine level) until it drains.
@@ -202,6 +211,9 @@ class Config:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, or None for off")
+        shutdown_codes = (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER)
+        if self.shutdown_close_code not in shutdown_codes and not 4000 <= self.shutdown_close_code <= 4999:
+            raise ValueError("shutdown_close_code must be 1000, 1001, 1012, 1013 or an application code 4000-4999")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
         if self.backlog < 0:

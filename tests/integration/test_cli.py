@@ -105,6 +105,28 @@ def test_signal_closes_open_clients_with_1001(cli_process, sig: signal.Signals) 
     assert "Traceback" not in out
 
 
+def test_shutdown_close_code_1012(cli_process) -> None:
+    """--shutdown-close-code 1012: clients are told "service restart" (and
+    may reconnect soon) instead of 1001."""
+    proc: CliProcess = cli_process("--no-access-log", "--shutdown-close-code", "1012")
+    ws = ws_connect(proc.url)
+    try:
+        assert_echo(ws)
+        assert proc.stop(signal.SIGTERM) == 0, proc.output
+        with pytest.raises(ConnectionClosedError) as info:  # 1012 is not an "OK" code
+            ws.recv(timeout=unit(5))
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1012
+    finally:
+        ws.close()
+    assert "closing connections with 1012" in proc.output
+
+
+def test_shutdown_close_code_must_be_a_shutdown_code() -> None:
+    res = run_cli("serve", "--shutdown-close-code", "1002")
+    assert res.returncode == 2
+    assert "--shutdown-close-code" in res.stderr.strip().splitlines()[-1]
+
+
 def test_version_and_help() -> None:
     res = run_cli("--version")
     assert res.returncode == 0
