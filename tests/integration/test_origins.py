@@ -12,6 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 import fastws
+from fastws.demo import EchoHandler
 
 from ..conftest import ServerProcess, serving
 
@@ -25,11 +26,6 @@ async def echo(ws: Any) -> None:
         await ws.send(message)
 
 
-class Echo(fastws.Handler):
-    def on_message(self, ws: fastws.Connection, data: bytes, is_text: bool) -> None:
-        ws.send(data, is_text)
-
-
 async def outcome(url: str, origin: str | None) -> int:
     """101 if the upgrade went through (and echoes), else the HTTP status."""
     try:
@@ -41,7 +37,7 @@ async def outcome(url: str, origin: str | None) -> int:
         return exc.response.status_code
 
 
-@pytest.mark.parametrize("handler", [Echo, echo], ids=["callback", "coroutine"])
+@pytest.mark.parametrize("handler", [EchoHandler, echo], ids=["callback", "coroutine"])
 @pytest.mark.parametrize(
     "origins, expected",
     [

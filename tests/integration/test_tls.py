@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidMessage
 
 import fastws
+from fastws.demo import EchoHandler
 from fastws.server import tls_context
 
 from ..conftest import ServerProcess, serving, unit
@@ -63,12 +64,7 @@ async def echo(ws: Any) -> None:
         await ws.send(message)
 
 
-class Echo(fastws.Handler):
-    def on_message(self, ws: fastws.Connection, data: bytes, is_text: bool) -> None:
-        ws.send(data, is_text)
-
-
-@pytest.mark.parametrize("handler", [Echo, echo], ids=["callback", "coroutine"])
+@pytest.mark.parametrize("handler", [EchoHandler, echo], ids=["callback", "coroutine"])
 async def test_wss_echo_at_both_levels(certs: dict[str, str], handler: Any) -> None:
     async with serving(handler, ssl_certfile=certs["cert"], ssl_keyfile=certs["key"]) as (_, url):
         wss = url.replace("ws://", "wss://")

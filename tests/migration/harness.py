@@ -148,3 +148,18 @@ def queued(ws: Any) -> int:
     if hasattr(ws, "recv_messages"):
         return len(ws.recv_messages.frames.queue)
     return len(ws._messages)
+
+
+@contextlib.asynccontextmanager
+async def serving(api: types.SimpleNamespace, handler: Any, **options: Any) -> AsyncIterator[tuple[Any, str]]:
+    """``async with serve(handler, "127.0.0.1", 0, ...)`` -> (server, url)."""
+    async with asyncio.timeout(unit(30)):
+        async with api.serve(handler, "127.0.0.1", 0, **options) as server:
+            port = next(s.getsockname()[1] for s in server.sockets)
+            yield server, f"ws://127.0.0.1:{port}"
+
+
+async def echo(ws: Any) -> None:
+    """The coroutine-level echo handler, as the websockets docs write it."""
+    async for message in ws:
+        await ws.send(message)

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -55,6 +55,7 @@ from ..conftest import ROOT, UPGRADE, unit
 from .harness import (
     EXAMPLES,
     LIBS,
+    echo,
     eventually,
     free_port,
     load,
@@ -62,6 +63,7 @@ from .harness import (
     queued,
     running,
     server_api,
+    serving,
     wait_listening,
 )
 
@@ -94,20 +96,6 @@ def parity_api(lib: str) -> types.SimpleNamespace:
 @pytest.fixture(params=LIBS)
 def api(request: pytest.FixtureRequest) -> types.SimpleNamespace:
     return parity_api(str(request.param))
-
-
-@contextlib.asynccontextmanager
-async def serving(api: types.SimpleNamespace, handler: Any, **options: Any) -> AsyncIterator[tuple[Any, str]]:
-    """``async with serve(handler, "127.0.0.1", 0, ...)`` -> (server, url)."""
-    async with asyncio.timeout(unit(30)):
-        async with api.serve(handler, "127.0.0.1", 0, **options) as server:
-            port = next(s.getsockname()[1] for s in server.sockets)
-            yield server, f"ws://127.0.0.1:{port}"
-
-
-async def echo(ws: Any) -> None:
-    async for message in ws:
-        await ws.send(message)
 
 
 def port_of(url: str) -> int:

@@ -18,7 +18,6 @@ import socket
 import tempfile
 import time
 import types
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from websockets.asyncio.client import connect, unix_connect
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
 from ..conftest import unit
-from .harness import LIBS, eventually, server_api
+from .harness import LIBS, echo, eventually, server_api, serving
 
 
 def bug(reason: str) -> Any:
@@ -37,20 +36,6 @@ def bug(reason: str) -> Any:
 @pytest.fixture(params=LIBS)
 def api(request: pytest.FixtureRequest) -> types.SimpleNamespace:
     return server_api(str(request.param))
-
-
-@contextlib.asynccontextmanager
-async def serving(api: types.SimpleNamespace, handler: Any, **options: Any) -> AsyncIterator[tuple[Any, str]]:
-    """``async with serve(handler, "127.0.0.1", 0, ...)`` -> (server, url)."""
-    async with asyncio.timeout(unit(30)):
-        async with api.serve(handler, "127.0.0.1", 0, **options) as server:
-            port = next(s.getsockname()[1] for s in server.sockets)
-            yield server, f"ws://127.0.0.1:{port}"
-
-
-async def echo(ws: Any) -> None:
-    async for message in ws:
-        await ws.send(message)
 
 
 def refused(url: str) -> bool:
