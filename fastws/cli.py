@@ -113,6 +113,8 @@ _METAVARS = {"size": "BYTES", "seconds": "SECONDS", "int": "N", "str": "TEXT", "
 
 
 def _describe(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join("none" if item is None else str(item) for item in value)
     return "none" if value is None else str(value)
 
 
@@ -120,8 +122,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`Config` field, from the field's metadata."""
     for f, opt in options():
         default = f.default
+        if opt.env is not None and os.environ.get(opt.env):
+            default = _reader(f, opt)(os.environ[opt.env])
         if opt.kind == "no":
             parser.add_argument(*opt.flags, dest=f.name, action="store_false", help=opt.help)
+        elif opt.kind == "flag":
+            parser.add_argument(
+                *opt.flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                help=f"{opt.help} (default: {'on' if default else 'off'})",
+            )
         elif opt.kind == "switch":
             # argparse runs `type` over a str default: give it the word.
             word = "true" if default == opt.on else "false"

@@ -9,13 +9,14 @@ fields (:func:`option`), so a new option is added here and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from .types import CloseCode
 
-__all__ = ["Config", "DEFAULTS", "Option", "options"]
+__all__ = ["Config", "DEFAULTS", "Option", "options", "proxy_entry"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,8 @@ class Option:
     #: How a value is read: "size" (``64KiB``), "seconds", "int", "str",
     #: "list" (comma-separated; the word ``none`` stands for None),
     #: "choice", "switch" (``true``/``false`` to the field's on/off values),
-    #: or "no" (a ``--no-x`` flag that sets False).
+    #: "no" (a ``--no-x`` flag that sets False), or "flag" (``--x`` and
+    #: ``--no-x``).
     kind: str
     #: For "choice": the accepted values.
     choices: tuple[str, ...] = ()
@@ -39,6 +41,9 @@ class Option:
     #: Read by the process (CLI), not by a server: ``serve()`` refuses it.
     process: bool = False
     metavar: str | None = None
+    #: Environment variable that gives the CLI default (uvicorn reads
+    #: ``FORWARDED_ALLOW_IPS`` so).
+    env: str | None = None
 
 
 def option(default: Any, *flags: str, help: str, kind: str, **extra: Any) -> Any:
@@ -88,6 +93,24 @@ class Config:
         "requests without Origin, 'none' alone turns the check off", kind="list", metavar="ORIGINS",
     )
 
+    # -- behind a reverse proxy (uvicorn's flags), docs/deployment.md ----
+    #: Believe ``X-Forwarded-For`` / ``X-Forwarded-Proto`` and RFC 7239
+    #: ``Forwarded`` from the proxies in ``forwarded_allow_ips``: the
+    #: connection's ``remote_address`` and ``scheme`` (and the access log)
+    #: then show the real client.
+    proxy_headers: bool = option(
+        True, "--proxy-headers", help="take the client address and scheme from the forwarding headers of trusted proxies",
+        kind="flag",
+    )
+    #: Proxies whose forwarding headers are trusted: IP addresses, networks
+    #: (``10.0.0.0/8``), ``unix`` (peers on a Unix socket) or ``*`` (any
+    #: peer: only when nothing but the proxy can reach the server).
+    forwarded_allow_ips: tuple[str, ...] = option(
+        ("127.0.0.1", "::1"), "--forwarded-allow-ips",
+        help="comma-separated proxy IPs/networks to trust forwarding headers from ('*': all; env FORWARDED_ALLOW_IPS)",
+        kind="list", metavar="IPS", env="FORWARDED_ALLOW_IPS",
+    )
+
     # -- TLS (wss://), uvicorn's flag names ------------------------------
     #: PEM private key and certificate chain: with both, the server speaks
     #: TLS (wss://), 1.2 or newer. ``serve(ssl=context)`` takes a ready
@@ -109,6 +132,17 @@ class Config:
     )
 
     # -- limits -------------------------------------------------------
+    #: Most connections served at once (handshakes past their request, and
+    #: open WebSockets); more get 503 before the upgrade. ``None``: no limit.
+    limit_concurrency: int | None = option(
+        None, "--limit-concurrency", help="most connections at once; more get 503", kind="int"
+    )
+    #: Most connections at once from one client address (the real client's
+    #: behind a trusted proxy); more get 429 before the upgrade. ``None``:
+    #: no limit.
+    limit_per_ip: int | None = option(
+        None, "--limit-per-ip", help="most connections at once from one client address; more get 429", kind="int"
+    )
     #: Largest message (reassembled payload) accepted, in bytes; over it the
     #: connection is closed with 1009. ``None``: no limit.
     max_message_size: int | None = option(
@@ -200,7 +234,14 @@ class Config:
                 raise TypeError("origins must be a list of origins, not a single one")
             # A tuple: the Config stays hashable and cannot change under a server.
             object.__setattr__(self, "origins", tuple(self.origins))
-        for name in ("max_message_size", "max_write_buffer", "max_queue"):
+        if isinstance(self.forwarded_allow_ips, str):
+            raise TypeError("forwarded_allow_ips must be a list of addresses, not a single string")
+        object.__setattr__(self, "forwarded_allow_ips", tuple(self.forwarded_allow_ips))
+        for entry in self.forwarded_allow_ips:
+            if not isinstance(entry, str):
+                raise ValueError(f"forwarded_allow_ips: {entry!r} is not an IP address, a network, '*' or 'unix'")
+            proxy_entry(entry)  # raises ValueError naming a bad entry
+        for name in ("max_message_size", "max_write_buffer", "max_queue", "limit_concurrency", "limit_per_ip"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, or None for no limit")
@@ -237,6 +278,18 @@ class Config:
     def replace(self, **changes: object) -> "Config":
         """A copy with some options changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def proxy_entry(text: str) -> "str | ipaddress.IPv4Network | ipaddress.IPv6Network":
+    """One ``forwarded_allow_ips`` entry: ``"*"``, ``"unix"``, or an IP
+    network (an address is a network of one). ValueError names a bad one."""
+    entry = text.strip()
+    if entry == "*" or entry.lower() == "unix":
+        return entry.lower()
+    try:
+        return ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise ValueError(f"forwarded_allow_ips: {entry!r} is not an IP address, a network, '*' or 'unix'") from None
 
 
 def options() -> list[tuple[dataclasses.Field[Any], Option]]:

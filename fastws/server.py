@@ -26,7 +26,8 @@ from .config import DEFAULTS, Config, options
 from .connection import Connection
 from .faces.asyncio import coroutine_face
 from .faces.callback import callback_face
-from .protocol.http import MultipleValuesError, Request, Response, make_response
+from .protocol.http import MultipleValuesError, Request, Response, format_address, make_response
+from .protocol.proxy import TrustedProxies, forwarded_client
 from .types import CloseCode, State
 
 __all__ = ["Server", "basic_auth", "serve", "unix_serve", "resolve_handler", "tls_context"]
@@ -122,6 +123,59 @@ class ServerState:
         self.select_subprotocol = select_subprotocol
         self.origins: Sequence[str | re.Pattern[str] | None] | None = config.origins
         self.tasks: set[asyncio.Future[Any]] = set()
+        self._trusted = TrustedProxies(config.forwarded_allow_ips) if config.proxy_headers else None
+        # Connections counted against the limits, with the address each
+        # was counted under, and the count per address.
+        self._counted: dict[Connection, Any] = {}
+        self._per_ip: dict[Any, int] = {}
+        limited = config.limit_concurrency is not None or config.limit_per_ip is not None
+        # None when off: the connection then skips the call.
+        self.admit: Callable[[Connection, Request], Response | None] | None = (
+            self._admit if limited or self._trusted is not None else None
+        )
+        self.release: Callable[[Connection], None] | None = self._release if limited else None
+
+    def _admit(self, conn: Connection, request: Request) -> Response | None:
+        """A request is in: find the real client behind a trusted proxy,
+        then apply the connection limits (503, 429)."""
+        if self._trusted is not None:
+            peer = conn.remote_address
+            client = forwarded_client(request.headers, peer[0] if isinstance(peer, tuple) else None, self._trusted)
+            if client is not None:
+                conn.remote_address = (client.host, client.port)
+                if client.proto is not None:
+                    conn.scheme = client.proto
+        config = self.config
+        if self.release is None:
+            return None
+        limit = config.limit_concurrency
+        if limit is not None and len(self._counted) >= limit:
+            self.logger.warning("limit-concurrency %d reached: refusing %s with 503", limit, format_address(conn.remote_address))
+            return make_response(503, "Too many connections; try again later.\n", headers=[("Retry-After", "1")])
+        address = conn.remote_address
+        host = address[0] if isinstance(address, tuple) else address
+        per_ip = config.limit_per_ip
+        if per_ip is not None:
+            count = self._per_ip.get(host, 0)
+            if count >= per_ip:
+                self.logger.warning("limit-per-ip %d reached by %s: refusing with 429", per_ip, host)
+                return make_response(429, "Too many connections from your address.\n", headers=[("Retry-After", "1")])
+            self._per_ip[host] = count + 1
+        self._counted[conn] = host
+        return None
+
+    def _release(self, conn: Connection) -> None:
+        """A connection ended: it no longer counts against the limits."""
+        try:
+            host = self._counted.pop(conn)
+        except KeyError:
+            return
+        if self.config.limit_per_ip is not None:
+            left = self._per_ip[host] - 1
+            if left:
+                self._per_ip[host] = left
+            else:
+                del self._per_ip[host]
 
     def track_task(self, task: "asyncio.Future[Any]") -> None:
         """Keep a reference to a background task until it ends."""

@@ -47,6 +47,14 @@ class ServerContext(Protocol):
     process_request: Callable[[Any, "Request"], Any] | None
     process_response: Callable[[Any, "Request", "Response"], Any] | None
 
+    #: Called once the request is in, before the user's hooks, or None
+    #: when the server has nothing to check: may set the connection's
+    #: ``remote_address`` and ``scheme`` (a trusted proxy's headers) and
+    #: returns a refusal (503, 429) or None.
+    admit: "Callable[[Connection, Request], Response | None] | None"
+    #: Called when a connection ends (any state), or None.
+    release: "Callable[[Connection], None] | None"
+
     def attach_face(self, conn: "Connection") -> None:
         """Make the connection's face (its handler); it calls ``conn.attach``."""
 

@@ -25,6 +25,7 @@ cdef class Connection:
     cdef double _started                 #: loop time of connection_made
     cdef public object remote_address
     cdef public object local_address
+    cdef object _scheme                  #: set from a trusted proxy's headers; None: from the transport
     cdef public object username          #: set by basic_auth
     cdef readonly object public          #: what user code sees: self, or the face's object
     cdef object _on_open                 #: the face's callbacks (attach)

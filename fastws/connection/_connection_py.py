@@ -64,7 +64,7 @@ class Connection:
     """One WebSocket connection (server side); the callback level's ``ws``.
 
     Public attributes: ``request`` (path, headers), ``response``,
-    ``remote_address``, ``local_address``, ``subprotocol``, ``state``,
+    ``remote_address``, ``local_address``, ``scheme``, ``subprotocol``, ``state``,
     ``close_code``, ``close_reason``, ``id``; methods ``send``, ``close``,
     ``ping``, ``pong``, ``abort``, ``pause_reading``, ``resume_reading``.
     """
@@ -82,6 +82,7 @@ class Connection:
         self._started = 0.0
         self.remote_address: Any = None
         self.local_address: Any = None
+        self._scheme: str | None = None
         #: Set by :func:`fastws.basic_auth` to the authenticated user.
         self.username: str | None = None
         #: What user code sees for this connection (set by the face).
@@ -187,6 +188,19 @@ class Connection:
         if self._uuid is None:
             self._uuid = uuid.uuid4()
         return self._uuid
+
+    @property
+    def scheme(self) -> str:
+        """``"wss"`` over TLS, else ``"ws"``; behind a trusted proxy, what
+        its ``X-Forwarded-Proto`` / ``Forwarded`` header says."""
+        if self._scheme is None:
+            t = self._transport
+            return "wss" if t is not None and t.get_extra_info("sslcontext") is not None else "ws"
+        return self._scheme
+
+    @scheme.setter
+    def scheme(self, value: str) -> None:
+        self._scheme = value
 
     @property
     def request(self) -> Request | None:
@@ -384,7 +398,10 @@ class Connection:
         proto = self._proto
         proto.connection_lost()
         self._cancel_timer()
-        self._ctx.connections.discard(self)
+        ctx = self._ctx
+        ctx.connections.discard(self)
+        if ctx.release is not None:
+            ctx.release(self)
         if self._lost_waiter is not None and not self._lost_waiter.done():
             self._lost_waiter.set_result(None)
         if not self._opened:
@@ -441,6 +458,18 @@ class Connection:
             # The face could not be made (logged in connection_made).
             self._send_response(make_response(500, "Internal server error.\n"), "handler factory failed")
             return
+        admit = self._ctx.admit
+        if admit is not None:
+            try:
+                refusal = admit(self, request)
+            except Exception:
+                self._hook_failed("admit")
+                return
+            # Log lines name the real client from here on.
+            proto.peer = self.remote_address
+            if refusal is not None:
+                self._send_response(refusal, refusal.body.decode("utf-8", "replace").strip())
+                return
         self.pause_reading(PAUSE_HANDSHAKE)  # nothing more is read until we decide
         try:
             result = self._run_process_request(request)
@@ -541,13 +570,15 @@ class Connection:
         self._arm_timer()
         request = proto.request
         if self.config.access_log and request is not None:
+            deflate = proto.deflate
             access_logger.info(
-                'conn %d %s "%s %s" 101%s',
+                'conn %d %s "%s %s" 101%s%s',
                 self.num,
                 format_address(self.remote_address),
                 request.method,
                 request.path,
                 f" subprotocol={proto.subprotocol}" if proto.subprotocol else "",
+                f" extensions={deflate.response_params()}" if deflate is not None else "",
             )
         self._opened = True
         self.resume_reading(PAUSE_HANDSHAKE)

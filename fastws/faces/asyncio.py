@@ -48,7 +48,7 @@ class ServerConnection:
 
     ``recv()``, ``send()``, ``async for``, ``close()``, ``wait_closed()``,
     ``ping()``, ``pong()``, ``request``, ``remote_address``,
-    ``local_address``, ``subprotocol``, ``close_code``, ``close_reason``,
+    ``local_address``, ``scheme``, ``subprotocol``, ``close_code``, ``close_reason``,
     ``latency``, ``state``, ``id``, ``respond()``.
     """
 
@@ -93,6 +93,11 @@ class ServerConnection:
     @property
     def local_address(self) -> Any:
         return self._conn.local_address
+
+    @property
+    def scheme(self) -> str:
+        """``"ws"`` or ``"wss"`` (behind a trusted proxy, the client's)."""
+        return self._conn.scheme
 
     @property
     def subprotocol(self) -> str | None:

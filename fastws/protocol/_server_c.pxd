@@ -20,7 +20,7 @@ cdef int PENDING_NONE, PENDING_CLOSE, PENDING_FAIL
 cdef class ServerProtocol:
     cdef readonly object config          #: the server's frozen Config
     cdef readonly Py_ssize_t num         #: connection number in log lines
-    cdef readonly object peer            #: the peer's address, for log lines
+    cdef public object peer              #: the peer's address (the real client's behind a trusted proxy), for log lines
     cdef readonly int state              #: CONNECTING, OPEN, CLOSING or CLOSED (fastws.State values)
     cdef readonly object request
     cdef object _response                #: the Response sent, or None until asked for (then parsed from _head)
