@@ -18,6 +18,7 @@ import importlib
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -214,13 +215,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     try:
         return Config(**{f.name: getattr(args, f.name) for f, _ in options()})
     except ValueError as exc:
-        # Config names the field; the user typed the flag.
-        message = str(exc)
-        for f, opt in options():
-            if message.startswith(f.name + " "):
-                message = f"{opt.flags[0]}: {message}"
-                break
-        raise TargetError(message) from None
+        raise TargetError(_flag_message(str(exc))) from None
+
+
+def _flag_message(message: str) -> str:
+    """Config names the field; the user typed the flag."""
+    for f, opt in options():
+        message = re.sub(rf"\b(?<!-){f.name}\b", opt.flags[0], message)
+    return message
 
 
 def _scheme(config: Config) -> str:
@@ -346,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             tls_context(config)  # fail now, in one line, not in a worker
         except (OSError, ValueError) as exc:
-            raise TargetError(f"TLS: cannot use --ssl-certfile/--ssl-keyfile: {exc}") from None
+            what = _flag_message(str(exc)) if isinstance(exc, FileNotFoundError) else f"cannot use --ssl-certfile/--ssl-keyfile: {exc}"
+            raise TargetError(f"TLS: {what}") from None
         if config.workers > 1:
             return _serve_workers(config, args.target)
         _run_loop(_loop_name(config.loop), _serve(config, args.target, handler, reuse_port=False, announce=True))

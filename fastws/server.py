@@ -15,6 +15,7 @@ import base64
 import hmac
 import inspect
 import logging
+import os
 import re
 import socket
 import ssl
@@ -346,6 +347,11 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     certificate. TLS 1.2 is the oldest version offered."""
     if config.ssl_certfile is None or config.ssl_keyfile is None:
         return None
+    for name in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs"):
+        path = getattr(config, name)
+        if path is not None and not os.path.isfile(path):
+            # ssl's own error does not say which file is missing.
+            raise FileNotFoundError(f"{name} {path!r}: no such file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile, password=config.ssl_keyfile_password)

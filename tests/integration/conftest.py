@@ -279,7 +279,7 @@ def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[st
     )
 
 
-START_TCP = re.compile(r"serving \S+ on ws://([^ ]+):(\d+)")
+START_TCP = re.compile(r"serving \S+ on wss?://([^ ]+):(\d+)")
 START_ANY = re.compile(r"serving \S+ on (\S+) ")
 
 
@@ -332,7 +332,7 @@ class CliProcess(ServerProcess):
                     return matches[count - 1]
                 left = deadline - time.monotonic()
                 assert self.proc is not None
-                if left <= 0 or (self.proc.poll() is not None and not self._drainer_alive()):
+                if left <= 0 or (self.proc.poll() is not None and not self._thread_alive()):
                     raise AssertionError(f"no line matching {regex.pattern!r}:\n{self.output}")
                 self._cond.wait(min(left, 0.1))
 

@@ -181,7 +181,7 @@ def test_cli_flags(tmp_path: Any) -> None:
 @pytest.mark.parametrize(
     "flags, words",
     [
-        (["--forwarded-allow-ips", "localhost"], ["forwarded_allow_ips", "'localhost'"]),
+        (["--forwarded-allow-ips", "localhost"], ["--forwarded-allow-ips", "'localhost'"]),
         (["--limit-concurrency", "0"], ["--limit-concurrency", "at least 1"]),
         (["--limit-per-ip", "-3"], ["--limit-per-ip", "at least 1"]),
     ],

@@ -146,8 +146,9 @@ async def test_cli_serves_wss(certs: dict[str, str]) -> None:
     [
         (["--ssl-keyfile-password", "wrong"], ["TLS", "--ssl-certfile"]),
         (["--ssl-ciphers", "NO-SUCH-CIPHER"], ["TLS"]),
+        (["--ssl-ca-certs", "/no/such/ca.pem"], ["TLS", "--ssl-ca-certs", "'/no/such/ca.pem'", "no such file"]),
     ],
-    ids=["wrong-password", "bad-ciphers"],
+    ids=["wrong-password", "bad-ciphers", "missing-file"],
 )
 def test_cli_tls_errors_are_one_line(certs: dict[str, str], flags: list[str], words: list[str]) -> None:
     res = subprocess.run(
@@ -168,4 +169,4 @@ def test_cli_certfile_without_keyfile_is_a_usage_error(certs: dict[str, str]) ->
         capture_output=True, text=True, timeout=unit(30), cwd=Path(__file__).parents[2],
     )  # fmt: skip
     assert res.returncode == 2, res.stderr
-    assert "ssl_keyfile and ssl_certfile" in res.stderr
+    assert "--ssl-keyfile and --ssl-certfile go together" in res.stderr
