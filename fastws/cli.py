@@ -15,19 +15,24 @@ import argparse
 import asyncio
 import dataclasses
 import importlib
+import functools
+import json
 import logging
-import multiprocessing
+import logging.config
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
 from . import _select
 from ._version import __version__
 from .config import Config, Option, options
 from .server import resolve_handler, serve, tls_context
+from .supervisor import Supervisor
 
 logger = logging.getLogger("fastws")
 
@@ -184,9 +189,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(level: str) -> None:
-    numeric = 5 if level == "trace" else getattr(logging, level.upper())
-    logging.basicConfig(level=numeric, format=LOG_FORMAT, stream=sys.stderr)
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
+
+
+def _setup_logging(level: str, log_config: str | None = None) -> None:
+    """``--log-level`` on stderr, or the user's ``--log-config`` file."""
+    if log_config is None:
+        logging.basicConfig(level=TRACE if level == "trace" else getattr(logging, level.upper()), format=LOG_FORMAT, stream=sys.stderr)
+        return
+    try:
+        if log_config.endswith(".json"):
+            with open(log_config, encoding="utf-8") as f:
+                logging.config.dictConfig(json.load(f))
+        elif log_config.endswith((".yaml", ".yml")):
+            try:
+                yaml: Any = importlib.import_module("yaml")
+            except ImportError:
+                raise TargetError(f"--log-config {log_config}: YAML needs PyYAML (pip install pyyaml)") from None
+            with open(log_config, encoding="utf-8") as f:
+                logging.config.dictConfig(yaml.safe_load(f))
+        else:
+            logging.config.fileConfig(log_config, disable_existing_loggers=False)
+    except TargetError:
+        raise
+    except Exception as exc:
+        raise TargetError(f"--log-config {log_config}: {type(exc).__name__}: {exc}") from None
 
 
 def _loop_name(choice: str) -> str:
@@ -222,7 +250,7 @@ def _flag_message(message: str) -> str:
     """Config names the field; the user typed the flag."""
     for f, opt in options():
         message = re.sub(rf"\b(?<!-){f.name}\b", opt.flags[0], message)
-    return message
+    return message.replace("or None for", "or 'none' for")
 
 
 def _scheme(config: Config) -> str:
@@ -233,47 +261,78 @@ def _codec_name() -> str:
     return "compiled" if _select.compiled() else "pure-python"
 
 
-async def _serve(config: Config, target: str, handler: Any, *, reuse_port: bool, announce: bool) -> None:
-    if config.uds:
+def _inherited_socket(fd: int) -> socket.socket:
+    """The listening socket a process manager passed as ``--fd``."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise TargetError(f"--fd {fd}: not an open socket: {exc.strerror or exc}") from None
+    if sock.type != socket.SOCK_STREAM:
+        raise TargetError(f"--fd {fd}: not a stream socket")
+    return sock
+
+
+def _where(config: Config, sock: socket.socket) -> str:
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{sock.getsockname() or config.uds}"
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"{_scheme(config)}://{host}:{port}"
+
+
+async def _serve(
+    config: Config,
+    target: str,
+    handler: Any,
+    *,
+    announce: bool,
+    sock: socket.socket | None = None,
+    ready: Connection | None = None,
+) -> None:
+    """Serve until SIGTERM (or SIGINT when ``announce``: the one process a
+    terminal's Ctrl-C is for), then drain."""
+    if sock is not None:
+        server = await serve(handler, config=config, sock=sock)
+    elif config.uds:
         server = await serve(handler, config=config)
-        where = f"unix:{config.uds}"
     else:
-        server = await serve(handler, config=config, reuse_port=reuse_port or None)
-        sockname = server.sockets[0].getsockname()
-        host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
-        where = f"{_scheme(config)}://{host}:{sockname[1]}"
+        # Workers share the port with SO_REUSEPORT.
+        server = await serve(handler, config=config, reuse_port=config.workers > 1 or None)
+    where = _where(config, server.sockets[0])
     if announce:
         logger.info(
             "fastws %s serving %s on %s (workers %d, loop %s, codec %s)",
-            __version__,
-            target,
-            where,
-            config.workers,
-            _loop_name(config.loop),
-            _codec_name(),
-        )
+            __version__, target, where, config.workers, _loop_name(config.loop), _codec_name(),
+        )  # fmt: skip
     else:
         logger.debug("worker %d serving on %s", os.getpid(), where)
+    if ready is not None:
+        ready.send(os.getpid())
+        ready.close()
     loop = asyncio.get_running_loop()
     stopping = False
 
     def stop(signame: str) -> None:
         nonlocal stopping
         if stopping:
+            if not announce:
+                # A worker gets SIGTERM from its supervisor and, when the
+                # whole group is signalled (systemd's KillMode=control-group),
+                # directly too: one stop. The supervisor decides "at once".
+                logger.debug("%s again: already draining", signame)
+                return
             logger.warning("second %s: exiting now", signame)
             os._exit(1)
         stopping = True
-        if announce:
-            logger.info(
-                "%s received: closing connections with %d (waiting up to %ss)",
-                signame,
-                config.shutdown_close_code,
-                config.close_timeout,
-            )
+        logger.log(
+            logging.INFO if announce else logging.DEBUG,
+            "%s received: closing connections with %d (%d open; waiting up to %ss)",
+            signame, config.shutdown_close_code, len(server.connections), config.close_timeout,
+        )  # fmt: skip
         server.close(code=config.shutdown_close_code)
 
-    # Workers stop on the SIGTERM their parent forwards; a terminal's Ctrl-C
-    # reaches the whole process group and is the parent's to handle.
+    # Workers stop on the SIGTERM their supervisor forwards; a terminal's
+    # Ctrl-C reaches the whole process group and is the supervisor's.
     for sig in (signal.SIGINT, signal.SIGTERM) if announce else (signal.SIGTERM,):
         loop.add_signal_handler(sig, stop, sig.name)
     await server.wait_closed()
@@ -281,50 +340,56 @@ async def _serve(config: Config, target: str, handler: Any, *, reuse_port: bool,
         logger.info("stopped")
 
 
-def _worker(config: Config, target: str) -> None:
+def _worker(config: Config, target: str, sock: socket.socket | None, ready: Connection, index: int) -> None:
+    """The body of one worker process (spawned: it imports the target itself)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _setup_logging(config.log_level)
     try:
+        _setup_logging(config.log_level, config.log_config)
         handler = load_target(target)
-        _run_loop(_loop_name(config.loop), _serve(config, target, handler, reuse_port=True, announce=False))
+        _run_loop(_loop_name(config.loop), _serve(config, target, handler, announce=False, sock=sock, ready=ready))
+    except TargetError as exc:
+        logger.critical("worker %d: %s", index, exc)
+        sys.exit(3)
+    except OSError as exc:
+        logger.critical("worker %d: cannot listen: %s", index, exc)
+        sys.exit(3)
     except KeyboardInterrupt:
         pass
 
 
-def _serve_workers(config: Config, target: str) -> int:
-    if config.uds or config.port == 0:
-        raise TargetError("--workers > 1 needs a fixed TCP port (SO_REUSEPORT); not --port 0 or --uds")
-    if not hasattr(__import__("socket"), "SO_REUSEPORT"):
+def _check_port(config: Config) -> None:
+    """Fail in one line, before any worker starts, if the port is taken
+    (by a process that does not share it with SO_REUSEPORT)."""
+    if not hasattr(socket, "SO_REUSEPORT"):
         raise TargetError("--workers > 1 needs SO_REUSEPORT, which this platform lacks")
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(config, target), name=f"fastws-worker-{i}") for i in range(config.workers)]
-    for p in procs:
-        p.start()
-    logger.info(
-        "fastws %s serving %s on %s://%s:%d (workers %d, loop %s, codec %s)",
-        __version__,
-        target,
-        _scheme(config),
-        config.host,
-        config.port,
-        config.workers,
-        _loop_name(config.loop),
-        _codec_name(),
-    )
+    infos = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            probe.bind(address)
 
-    def forward(signum: int, frame: Any) -> None:
-        logger.info("%s received: stopping workers", signal.Signals(signum).name)
-        for p in procs:
-            if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    status = 0
-    for p in procs:
-        p.join()
-        if p.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT):
-            status = 1
+def _serve_workers(config: Config, target: str) -> int:
+    sock = None
+    if config.fd is not None:
+        sock = _inherited_socket(config.fd)
+        where = _where(config, sock)
+    elif config.uds or config.port == 0:
+        raise TargetError("--workers > 1 needs a fixed TCP port (SO_REUSEPORT) or --fd; not --port 0 or --uds")
+    else:
+        _check_port(config)
+        host = f"[{config.host}]" if config.host and ":" in config.host else config.host
+        where = f"{_scheme(config)}://{host}:{config.port}"
+
+    def announce() -> None:
+        # Once every worker listens: whoever waits for this line can connect.
+        logger.info(
+            "fastws %s serving %s on %s (workers %d, loop %s, codec %s)",
+            __version__, target, where, config.workers, _loop_name(config.loop), _codec_name(),
+        )  # fmt: skip
+
+    status = Supervisor(functools.partial(_worker, config, target, sock), config.workers, on_listening=announce).run()
     logger.info("stopped")
     return status
 
@@ -341,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":
         parser.print_help()
         return 2
-    _setup_logging(args.log_level)
     try:
+        _setup_logging(args.log_level, args.log_config)
         config = config_from_args(args)
         handler = load_target(args.target)
         try:
@@ -352,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             raise TargetError(f"TLS: {what}") from None
         if config.workers > 1:
             return _serve_workers(config, args.target)
-        _run_loop(_loop_name(config.loop), _serve(config, args.target, handler, reuse_port=False, announce=True))
+        sock = None if config.fd is None else _inherited_socket(config.fd)
+        _run_loop(_loop_name(config.loop), _serve(config, args.target, handler, announce=True, sock=sock))
     except TargetError as exc:
         _fail(str(exc))
     except OSError as exc:

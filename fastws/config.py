@@ -74,6 +74,18 @@ class Config:
         "info", "--log-level", help="log level", kind="choice",
         choices=("critical", "error", "warning", "info", "debug", "trace"), process=True,
     )
+    #: Serve on this already-open listening socket (a file descriptor
+    #: passed by a process manager, e.g. systemd socket activation) instead
+    #: of binding host/port (CLI only).
+    fd: int | None = option(None, "--fd", help="serve on this inherited listening socket instead of binding", kind="int", process=True)
+    #: Logging configuration file (CLI only): ``.json`` or ``.yaml`` for
+    #: ``logging.config.dictConfig``, anything else for ``fileConfig``
+    #: (``.ini``). It then decides levels and handlers; ``--log-level`` is
+    #: not applied.
+    log_config: str | None = option(
+        None, "--log-config", help="logging config: .json/.yaml (dictConfig) or .ini (fileConfig)", kind="str",
+        metavar="PATH", process=True,
+    )
     #: Listen backlog passed to ``listen()``.
     backlog: int = option(2048, "--backlog", help="listen backlog", kind="int")
     #: Log one line per connection (logger ``fastws.access``).
@@ -241,6 +253,8 @@ class Config:
             if not isinstance(entry, str):
                 raise ValueError(f"forwarded_allow_ips: {entry!r} is not an IP address, a network, '*' or 'unix'")
             proxy_entry(entry)  # raises ValueError naming a bad entry
+        if self.fd is not None and self.fd < 0:
+            raise ValueError("fd must be a file descriptor (>= 0)")
         for name in ("max_message_size", "max_write_buffer", "max_queue", "limit_concurrency", "limit_per_ip"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -65,10 +65,12 @@ class ServerProcess:
         codec: str = "compiled",
         env: dict[str, str] | None = None,
         cwd: str | os.PathLike[str] = ROOT,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.args = ["serve", *args]
         self.cwd = cwd
-        if "--port" not in args and "--uds" not in args:
+        self.pass_fds = pass_fds
+        if "--port" not in args and "--uds" not in args and "--fd" not in args:
             self.args += ["--port", "0"]
         self.env = dict(os.environ, **(env or {}))
         self.env["PYTHONUNBUFFERED"] = "1"
@@ -86,6 +88,7 @@ class ServerProcess:
             [sys.executable, "-m", "fastws", *self.args],
             cwd=self.cwd,
             env=self.env,
+            pass_fds=self.pass_fds,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -170,16 +170,21 @@ _SCHEMES = {"http": "ws", "ws": "ws", "https": "wss", "wss": "wss"}
 
 def forwarded_client(headers: Headers, peer_host: Any, trusted: TrustedProxies) -> Forwarded | None:
     """The client a trusted proxy forwarded, or None (not from a trusted
-    proxy, or no forwarding header). ``Forwarded`` wins over the
-    ``X-Forwarded-*`` pair when both are present. The returned ``proto``
-    is ``"ws"`` / ``"wss"``, or None when none was forwarded."""
+    proxy, or no forwarding header). ``X-Forwarded-For`` (what nginx and
+    most proxies set) wins over ``Forwarded``, which is read only without
+    it: a proxy that sets one header passes the other through from the
+    client untouched, so the one it sets must be the one read (nginx:
+    clear ``Forwarded``; a proxy that sets ``Forwarded``: clear
+    ``X-Forwarded-For``; docs/deployment.md). The returned ``proto`` is
+    ``"ws"`` / ``"wss"``, or None when none was forwarded."""
     if not trusted.trusts(peer_host):
         return None
+    x_for = headers.get_all("X-Forwarded-For")
     forwarded = headers.get_all("Forwarded")
-    if forwarded:
-        hops = parse_forwarded(forwarded)
+    if x_for or not forwarded:
+        hops = parse_x_forwarded(x_for, headers.get_all("X-Forwarded-Proto"))
     else:
-        hops = parse_x_forwarded(headers.get_all("X-Forwarded-For"), headers.get_all("X-Forwarded-Proto"))
+        hops = parse_forwarded(forwarded)
     if not hops:
         return None
     client = hops[0]

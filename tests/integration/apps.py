@@ -23,3 +23,31 @@ async def reverse(ws):  # type: ignore[no-untyped-def]
 
 #: Not a handler: serving it must fail with a usage error.
 NOT_A_HANDLER = 42
+
+
+class WhichWorker(Handler):
+    """Callback level: say which process serves the connection, then echo."""
+
+    def on_connect(self, ws):  # type: ignore[no-untyped-def]
+        import os
+
+        ws.send(f"pid {os.getpid()}")
+
+    def on_message(self, ws, data, is_text):  # type: ignore[no-untyped-def]
+        ws.send(data, is_text)
+
+
+class Burst(Handler):
+    """Callback level: on ``burst N``, send N messages of 64 KiB, numbered."""
+
+    def on_message(self, ws, data, is_text):  # type: ignore[no-untyped-def]
+        count = int(data.split()[1])
+        for i in range(count):
+            ws.send(b"%08d" % i + b"\x00" * (65536 - 8))
+
+
+async def burst(ws):  # type: ignore[no-untyped-def]
+    """Coroutine level: the same as Burst."""
+    async for message in ws:
+        for i in range(int(message.split()[1])):
+            await ws.send(b"%08d" % i + b"\x00" * (65536 - 8))

@@ -287,8 +287,8 @@ class CliProcess(ServerProcess):
     """A ServerProcess whose output is drained by a thread, so a test can wait
     for any line while the server runs (and ``--uds`` servers can start)."""
 
-    def __init__(self, *args: str) -> None:
-        super().__init__(*args, codec=cli_codec())
+    def __init__(self, *args: str, pass_fds: tuple[int, ...] = ()) -> None:
+        super().__init__(*args, codec=cli_codec(), pass_fds=pass_fds)
         self._cond = threading.Condition()
 
     def _drain(self) -> None:
@@ -305,6 +305,7 @@ class CliProcess(ServerProcess):
             [sys.executable, "-m", "fastws", *self.args],
             cwd=ROOT,
             env=self.env,
+            pass_fds=self.pass_fds,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -350,8 +351,8 @@ def cli_process() -> Any:
     """Factory of started CliProcess objects, all stopped at teardown."""
     procs: list[CliProcess] = []
 
-    def start(*args: str) -> CliProcess:
-        proc = CliProcess(*args)
+    def start(*args: str, pass_fds: tuple[int, ...] = ()) -> CliProcess:
+        proc = CliProcess(*args, pass_fds=pass_fds)
         procs.append(proc)
         return proc.start()
 

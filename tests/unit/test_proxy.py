@@ -49,8 +49,9 @@ def client(pairs: list[tuple[str, str]], peer: str | None = "127.0.0.1", trusted
         ([("Forwarded", "for=6.6.6.6, for=192.0.2.60;proto=http")], ("192.0.2.60", 0, "ws")),
         ([("Forwarded", 'For="192.0.2.60:80"; Proto=HTTPS')], ("192.0.2.60", 80, "wss")),
         ([("Forwarded", "for=unknown")], ("unknown", 0, None)),
-        # Forwarded wins over X-Forwarded-For.
-        ([("X-Forwarded-For", "6.6.6.6"), ("Forwarded", "for=192.0.2.60")], ("192.0.2.60", 0, None)),
+        # X-Forwarded-For (what nginx sets) wins over a Forwarded header
+        # the client may have sent itself through such a proxy.
+        ([("X-Forwarded-For", "192.0.2.60"), ("Forwarded", "for=6.6.6.6;proto=https")], ("192.0.2.60", 0, None)),
         # No forwarding header.
         ([("Host", "example.com")], None),
     ],
