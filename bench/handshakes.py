@@ -8,12 +8,18 @@ EOF awaited, close. ``C`` clients (default 32) do that in a loop for a window
 of ``--duration`` seconds after a ``--warmup``; each completed cycle counts as
 one handshake. The question it answers is whether per-connection work of a
 server (such as computing the accept key) shows in connections per second.
+Against a ``-tls`` server (wss://) each cycle starts with a full TLS
+handshake (no session resumption: every connection is new to the server):
+the certificate is made for the run (``bench.tls``: self-signed ECDSA P-256,
+ECDHE on P-256, TLS 1.3 negotiated) and trusted by the clients, which then do
+the same upgrade and close inside TLS.
 
 Usage::
 
     python -m bench.handshakes                       # 7 rounds x 5 s: fastws-callback vs fastws-callback-hashlib
     python -m bench.handshakes --servers fastws-callback,fastws-callback-hashlib,picows --rounds 7 --duration 5
     python -m bench.handshakes --rounds 2 --duration 1 --json /tmp/hs.json
+    python -m bench.handshakes --servers fastws-callback,fastws-callback-tls,picows,picows-tls --rounds 5
 
 Method, as ``bench.run``'s: for each of ``--rounds`` rounds every server of
 ``--servers`` (names of ``bench.servers.SERVERS``) runs once, the order
@@ -23,7 +29,7 @@ other server; ``--order fixed`` keeps A B C), each run a fresh ``python -m bench
 the first CPU. The load generator is this process, pinned to the second CPU:
 uvloop and bare ``asyncio.Protocol`` objects, no WebSocket library, so that it
 stays cheap. Over the measured window it reads the server's CPU time (user +
-sys, ``/proc/PID/stat``), its own (``getrusage``) and the machine's busy time
+sys, ``/proc/PID/stat``, its child processes' included), its own (``getrusage``) and the machine's busy time
 (``/proc/stat``); ``other`` is the busy CPU charged to neither (other programs,
 kernel work billed to no one of the two), in % of one core. The table shows
 per server the MEDIAN over rounds of handshakes/s and of server CPU
@@ -63,10 +69,12 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
-from bench.run import _free_port, _stop, _wait_ready, code_env
-from bench.servers import SERVERS
+from bench import tls
+from bench.run import _free_port, _stop, _wait_ready, code_env, pinning_warnings, server_command
+from bench.servers import SERVERS, is_tls
 
 __all__ = ["main", "run_load"]
 
@@ -86,9 +94,11 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 class _Stats:
     """Counters shared by the clients of one run."""
 
-    __slots__ = ("completed", "errors", "recording_errors", "recording")
+    __slots__ = ("completed", "errors", "recording_errors", "recording", "tls")
 
     def __init__(self) -> None:
+        #: TLS version and cipher of the first connection (None: ws://).
+        self.tls: str | None = None
         self.completed = 0
         self.errors: dict[str, int] = {}
         self.recording_errors: dict[str, int] = {}
@@ -208,7 +218,15 @@ def _masked_close(code: int = 1000) -> bytes:
     return bytes((0x88, 0x82)) + mask + bytes(b ^ mask[i] for i, b in enumerate(payload))
 
 
-async def _client(loop: asyncio.AbstractEventLoop, host: str, port: int, stats: _Stats, stopping: list[bool], timeout: float) -> None:
+async def _client(
+    loop: asyncio.AbstractEventLoop,
+    host: str,
+    port: int,
+    stats: _Stats,
+    stopping: list[bool],
+    timeout: float,
+    context: SSLContext | None = None,
+) -> None:
     prefix = (
         f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
@@ -220,11 +238,15 @@ async def _client(loop: asyncio.AbstractEventLoop, host: str, port: int, stats: 
         done: asyncio.Future[str | None] = loop.create_future()
         proto = HandshakeClient(prefix + key + b"\r\n\r\n", expected, _masked_close(), done, timeout)
         try:
-            await loop.create_connection(lambda: proto, host, port)
+            transport, _ = await loop.create_connection(
+                lambda: proto, host, port, ssl=context, server_hostname=host if context else None
+            )
         except OSError as exc:
             stats.error(f"connect: {type(exc).__name__}")
             await asyncio.sleep(0.01)
             continue
+        if context is not None and stats.tls is None:
+            stats.tls = tls.describe(transport.get_extra_info("ssl_object"))
         result = await done
         if result is None:
             stats.completed += 1
@@ -233,6 +255,19 @@ async def _client(loop: asyncio.AbstractEventLoop, host: str, port: int, stats: 
 
 
 # -- measurements ----------------------------------------------------------
+
+
+def _tree_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` and its descendants (the
+    workers of a multi-process server; they must live through the window)."""
+    import psutil
+
+    try:
+        pids = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    except psutil.Error:
+        pids = [pid]
+    own = _proc_cpu(pid)
+    return None if own is None else own + sum(_proc_cpu(p) or 0.0 for p in pids[1:])
 
 
 def _proc_cpu(pid: int) -> float | None:
@@ -279,62 +314,72 @@ def _sample(stats: _Stats, server_pid: int) -> dict[str, float]:
     return {
         "t": time.perf_counter(),
         "completed": stats.completed,
-        "server_cpu": _proc_cpu(server_pid) or math.nan,
+        "server_cpu": _tree_cpu(server_pid) or math.nan,
         "self_cpu": _self_cpu(),
         "busy": busy,
         "steal": steal,
     }
 
 
-async def _drive(host: str, port: int, server_pid: int, conns: int, warmup: float, duration: float, timeout: float) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    stats = _Stats()
-    stopping = [False]
-    tasks = [loop.create_task(_client(loop, host, port, stats, stopping, timeout)) for _ in range(conns)]
-    await asyncio.sleep(warmup)
-    start = _sample(stats, server_pid)
-    stats.recording = True
-    await asyncio.sleep(duration)
-    end = _sample(stats, server_pid)
-    stats.recording = False
-    stopping[0] = True
-    # Let the connections in flight finish their cycle, then give up on them.
-    _, pending = await asyncio.wait(tasks, timeout=timeout + 2)
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending, timeout=2)
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            stats.error(f"client crashed: {task.exception()!r}")
-    wall = end["t"] - start["t"]
-    n = end["completed"] - start["completed"]
-    server_cpu = end["server_cpu"] - start["server_cpu"]
-    self_cpu = end["self_cpu"] - start["self_cpu"]
-    busy = end["busy"] - start["busy"]
-    return {
-        "window_s": wall,
-        "handshakes": n,
-        "handshakes_per_s": n / wall if wall > 0 else math.nan,
-        "server_cpu_s": server_cpu,
-        "server_cpu_pct": 100.0 * server_cpu / wall,
-        "server_cpu_us_per_handshake": 1e6 * server_cpu / n if n else math.nan,
-        "loadgen_cpu_pct": 100.0 * self_cpu / wall,
-        "loadgen_cpu_us_per_handshake": 1e6 * self_cpu / n if n else math.nan,
-        "other_pct": 100.0 * (busy - server_cpu - self_cpu) / wall,
-        "steal_pct": 100.0 * (end["steal"] - start["steal"]) / wall,
-        "errors_in_window": stats.recording_errors,
-        "errors": stats.errors,
-        "completed_total": stats.completed,
-    }
-
-
-def run_load(host: str, port: int, server_pid: int, conns: int, warmup: float, duration: float, timeout: float = 10.0) -> dict[str, Any]:
-    """Run the clients against ``host:port`` on a fresh uvloop loop; the
-    window's figures (see :func:`_drive`)."""
+def run_load(
+    host: str,
+    port: int,
+    server_pid: int,
+    conns: int,
+    warmup: float,
+    duration: float,
+    timeout: float = 10.0,
+    context: SSLContext | None = None,
+) -> dict[str, Any]:
+    """Run ``conns`` clients against ``host:port`` (over TLS with ``context``)
+    on a fresh uvloop loop for ``warmup`` + ``duration`` seconds; the
+    window's figures."""
     import uvloop
 
-    return uvloop.run(_drive(host, port, server_pid, conns, warmup, duration, timeout))
+    async def drive() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        stats = _Stats()
+        stopping = [False]
+        tasks = [loop.create_task(_client(loop, host, port, stats, stopping, timeout, context)) for _ in range(conns)]
+        await asyncio.sleep(warmup)
+        start = _sample(stats, server_pid)
+        stats.recording = True
+        await asyncio.sleep(duration)
+        end = _sample(stats, server_pid)
+        stats.recording = False
+        stopping[0] = True
+        # Let the connections in flight finish their cycle, then give up on them.
+        _, pending = await asyncio.wait(tasks, timeout=timeout + 2)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=2)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                stats.error(f"client crashed: {task.exception()!r}")
+        wall = end["t"] - start["t"]
+        n = end["completed"] - start["completed"]
+        server_cpu = end["server_cpu"] - start["server_cpu"]
+        self_cpu = end["self_cpu"] - start["self_cpu"]
+        busy = end["busy"] - start["busy"]
+        return {
+            "window_s": wall,
+            "handshakes": n,
+            "handshakes_per_s": n / wall if wall > 0 else math.nan,
+            "server_cpu_s": server_cpu,
+            "server_cpu_pct": 100.0 * server_cpu / wall,
+            "server_cpu_us_per_handshake": 1e6 * server_cpu / n if n else math.nan,
+            "loadgen_cpu_pct": 100.0 * self_cpu / wall,
+            "loadgen_cpu_us_per_handshake": 1e6 * self_cpu / n if n else math.nan,
+            "other_pct": 100.0 * (busy - server_cpu - self_cpu) / wall,
+            "steal_pct": 100.0 * (end["steal"] - start["steal"]) / wall,
+            "errors_in_window": stats.recording_errors,
+            "errors": stats.errors,
+            "completed_total": stats.completed,
+            "tls": stats.tls,
+        }
+
+    return uvloop.run(drive())
 
 
 # -- one run ---------------------------------------------------------------
@@ -386,14 +431,18 @@ def _check_compiled(workdir: Path) -> None:
         )
 
 
-def run_one(name: str, opts: argparse.Namespace, workdir: Path, server_cpus: set[int] | None) -> dict[str, Any]:
-    """Start server ``name``, run the clients against it, stop it."""
+def run_one(
+    name: str, opts: argparse.Namespace, workdir: Path, server_cpus: set[int] | None, tls_dir: Path | None = None
+) -> dict[str, Any]:
+    """Start server ``name``, run the clients against it, stop it; a ``-tls``
+    server with the certificate in ``tls_dir``, which the clients trust."""
     port = _free_port()
     row: dict[str, Any] = {"server": name, "port": port}
     env = code_env(workdir)
+    context = tls.client_context(tls_dir / tls.CERT_FILE) if tls_dir is not None and is_tls(name) else None
     with tempfile.TemporaryFile() as errlog:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.servers", name, "--port", str(port)],
+            server_command(name, port, tls_dir),
             cwd=workdir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -408,7 +457,7 @@ def run_one(name: str, opts: argparse.Namespace, workdir: Path, server_cpus: set
                 row["fatal"] = f"server did not start (exit status {proc.poll()})"
             else:
                 row["fastws_build"] = ready.rpartition("fastws-build=")[2] or "-"
-                row.update(run_load("127.0.0.1", port, proc.pid, opts.conns, opts.warmup, opts.duration, opts.timeout))
+                row.update(run_load("127.0.0.1", port, proc.pid, opts.conns, opts.warmup, opts.duration, opts.timeout, context))
                 if proc.poll() is not None:
                     row["fatal"] = f"server died during the run (exit status {proc.returncode})"
         finally:
@@ -670,6 +719,7 @@ def format_header(meta: dict[str, Any]) -> str:
             f"machine {meta['cpu']}, {meta['cores']} cores, Linux {meta['kernel']}, Python {meta['python']}",
             f"pinned: {pin}; servers run from {'a copy taken at the start' if meta['snapshot'] else 'the checkout'}",
             f"versions uvloop {v['uvloop']} picows {v['picows']} aiofastnet {v['aiofastnet']}",
+            *([f"wss:// servers: {meta['tls']}"] if meta.get("tls") else []),
         ]
     )
 
@@ -734,6 +784,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("handshakes: only one CPU allowed: not pinning", file=sys.stderr)
     meta = describe(opts, server_cpus, loadgen_cpus)
+    pinning = pinning_warnings(servers, server_cpus)
+    for line in pinning:
+        print(f"handshakes: {line}", file=sys.stderr)
     if loadgen_cpus:
         os.sched_setaffinity(0, loadgen_cpus)  # the load generator is this process
     runs: list[dict[str, Any]] = []
@@ -745,13 +798,16 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copytree(ROOT / pkg, Path(tmp) / pkg, ignore=ignore)
             workdir = Path(tmp)
         _check_compiled(workdir)
+        tls_dir = tls.make_cert(Path(tmp) / "tls") if any(map(is_tls, servers)) else None
+        if tls_dir is not None:
+            meta["tls"] = f"{tls.SETTINGS}; a full TLS handshake per connection"
         total = opts.rounds * len(servers)
         started = time.monotonic()
         for rnd in range(1, opts.rounds + 1):
             shift = (rnd - 1) % len(servers) if opts.order == "rotate" else 0
             for name in servers[shift:] + servers[:shift]:
                 busy_before = wait_quiet(opts.wait_quiet, opts.quiet_below) if opts.wait_quiet > 0 else None
-                row = run_one(name, opts, workdir, server_cpus)
+                row = run_one(name, opts, workdir, server_cpus, tls_dir)
                 row["busy_before_pct"] = busy_before
                 row["round"] = rnd
                 runs.append(row)
@@ -767,8 +823,10 @@ def main(argv: list[str] | None = None) -> int:
                 eta = (time.monotonic() - started) / done * (total - done)
                 print(f"handshakes: [{done}/{total}] round {rnd} {name}: {what}  (eta {eta:.0f} s)", file=sys.stderr, flush=True)
     meta["builds"] = sorted({r["fastws_build"] for r in runs if r.get("fastws_build") not in (None, "-")})
+    if meta.get("tls"):
+        meta["tls"] += "; negotiated " + (", ".join(sorted({r["tls"] for r in runs if r.get("tls")})) or "-")
     summary = summarise(runs, servers)
-    warnings = build_warnings(runs, summary)
+    warnings = pinning + build_warnings(runs, summary)
     text = "\n\n".join(
         [format_header(meta), format_table(summary), "per round (hs/s | server CPU us per handshake):\n" + format_rounds(runs, servers)]
         + (["\n".join(warnings)] if warnings else [])

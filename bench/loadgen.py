@@ -20,10 +20,16 @@ masked message is encoded once; each batch of k echoes parsed from one read
 is answered by one ``write`` of k copies of those bytes (pre-built), so the
 per-message Python work is a parser step, a compare and a deque pop.
 
+wss:// URLs go through the event loop's TLS (uvloop's SSL transport) with
+:func:`bench.tls.client_context`: the server is verified against ``--cafile``
+(the system's CAs without it) and the negotiated version and cipher are
+reported; the client's TLS work counts in its CPU.
+
 Usage::
 
     python -m bench.loadgen ws://127.0.0.1:9001/ --conns 64 --pipeline 16 --size 64 --duration 5
     python -m bench.loadgen ws://127.0.0.1:9001/ --procs 2 --json
+    python -m bench.loadgen wss://127.0.0.1:9001/ --cafile /tmp/fastws-bench-tls-xyz/cert.pem
 
 Works against any RFC 6455 server (no extension is offered).
 """
@@ -52,6 +58,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import fastws
+from bench import tls
 
 __all__ = ["LoadConfig", "ServerProbe", "format_report", "main", "run_load"]
 
@@ -120,6 +127,8 @@ class LoadConfig:
     cpus: tuple[int, ...] | None = None
     #: PID of the server to measure; None for no server figures.
     server_pid: int | None = None
+    #: For wss:// URLs: the CA certificate(s) to trust (None: the system's).
+    cafile: str | None = None
     connect_timeout: float = 10.0
     close_timeout: float = 3.0
 
@@ -441,6 +450,36 @@ class EchoClient(asyncio.Protocol):
             self.transport.write(_frame.encode_frame(OP_CLOSE, _frame.close_payload(1000, ""), mask=self.shared.mask))
 
 
+class _TlsReads(asyncio.BufferedProtocol):
+    """An :class:`EchoClient` on a TLS transport, fed through one reusable buffer.
+
+    uvloop's SSL transport hands a plain ``Protocol`` the result of
+    ``SSLObject.read(256 KiB)`` per TLS record: a fresh 256 KiB ``bytes``
+    (an ``mmap`` and a ``munmap`` in the allocator) for each record, which
+    made the client, not the server, the limit against a server that sends
+    one small record per message. A ``BufferedProtocol`` gets the records
+    decrypted into its own buffer; the client then sees one copy per read.
+    """
+
+    __slots__ = ("client", "view")
+
+    def __init__(self, client: EchoClient) -> None:
+        self.client = client
+        self.view = memoryview(bytearray(2**18))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client.connection_made(transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.client.data_received(bytes(self.view[:nbytes]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.connection_lost(exc)
+
+
 @dataclass
 class ProcResult:
     """What one load-generator process measured in its window."""
@@ -455,6 +494,8 @@ class ProcResult:
     errors: dict[str, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
     fatal: str | None = None
+    #: TLS version and cipher of the connections (None: ws://).
+    tls: str | None = None
 
 
 async def _drive(
@@ -465,10 +506,11 @@ async def _drive(
 ) -> ProcResult:
     """Run ``conns`` connections through connect, warmup, window, close."""
     url = urlsplit(cfg.url)
-    if url.scheme != "ws":
-        raise ValueError(f"only ws:// URLs are supported, not {cfg.url!r}")
+    if url.scheme not in ("ws", "wss"):
+        raise ValueError(f"only ws:// and wss:// URLs are supported, not {cfg.url!r}")
     host = url.hostname or "127.0.0.1"
-    port = url.port or 80
+    port = url.port or _default_port(url.scheme)
+    context = tls.client_context(cfg.cafile) if url.scheme == "wss" else None
     path = url.path or "/"
     if url.query:
         path += "?" + url.query
@@ -482,7 +524,8 @@ async def _drive(
         opened: asyncio.Future[None] = loop.create_future()
         done: asyncio.Future[None] = loop.create_future()
         client = EchoClient(shared, host_header, path, opened, done)
-        await loop.create_connection(lambda: client, host, port)
+        protocol: asyncio.BaseProtocol = client if context is None else _TlsReads(client)
+        await loop.create_connection(lambda: protocol, host, port, ssl=context, server_hostname=host if context else None)
         clients.append(client)
         closed.append(done)
         await opened
@@ -545,7 +588,12 @@ async def _drive(
         rtt_counts=shared.rtt_counts.tobytes(),
         errors={k: v for k, v in errors.items() if v},
         error_samples=shared.error_samples,
+        tls=tls.describe(clients[0].transport.get_extra_info("ssl_object")) if context and clients else None,
     )
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "wss" else 80
 
 
 def _run_loop(coro: Any) -> Any:
@@ -706,6 +754,7 @@ def _summarise(
         "warmup_s": cfg.warmup,
         "window_s": round(window, 4),
         "client_codec": CODEC_NAME,
+        "tls": next((r.tls for r in good if r.tls), None),
         "messages": messages,
         "msgs_per_s": messages / window if window else 0.0,
         "mbytes_per_s": messages * cfg.size / window / 1e6 if window else 0.0,
@@ -756,6 +805,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"fastws loadgen -> {r['url']}",
         f"  scenario    pipelined echo: {r['conns']} conns x {r['pipeline']} in flight x {r['size']} B "
         f"{'text' if r['text'] else 'binary'}; {r['procs']} load process(es); client codec {r['client_codec']}",
+        *([f"  tls         {r['tls']}"] if r.get("tls") else []),
         f"  window      {r['window_s']:.2f} s after {r['warmup_s']:g} s warmup; {r['conns_open']} connections open",
         f"  throughput  {_fmt_num(r['msgs_per_s'])} msg/s  ({r['mbytes_per_s']:.1f} MB/s of payload each way; "
         f"{r['echoes_per_read']:.1f} echoes per client read)",
@@ -805,9 +855,9 @@ def _cpus(text: str) -> tuple[int, ...] | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.loadgen",
-        description="Pipelined-echo load against any WebSocket server (ws:// URL).",
+        description="Pipelined-echo load against any WebSocket server (ws:// or wss:// URL).",
     )
-    p.add_argument("url", help="e.g. ws://127.0.0.1:9001/")
+    p.add_argument("url", help="e.g. ws://127.0.0.1:9001/ or wss://127.0.0.1:9001/")
     p.add_argument("--conns", "-c", type=int, default=64, help="connections (default 64)")
     p.add_argument("--pipeline", "-p", type=int, default=16, help="messages in flight per connection (default 16)")
     p.add_argument("--size", "-s", type=int, default=64, help="message size in bytes (default 64)")
@@ -821,6 +871,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="PID of the server to measure (CPU, RSS); 'auto' (default) finds the local listener of the port; 'none'",
     )
+    p.add_argument("--cafile", default=None, help="wss://: trust the server certificate(s) in this PEM file (default: the system's CAs)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     return p
 
@@ -835,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.server_pid == "auto":
         u = urlsplit(args.url)
         local = (u.hostname or "") in ("127.0.0.1", "localhost", "::1", "0.0.0.0")
-        pid = find_listener_pid(u.hostname or "", u.port or 80) if local else None
+        pid = find_listener_pid(u.hostname or "", u.port or _default_port(u.scheme)) if local else None
     else:
         pid = int(args.server_pid)
     cfg = LoadConfig(
@@ -849,6 +900,7 @@ def main(argv: list[str] | None = None) -> int:
         procs=args.procs,
         cpus=args.cpus,
         server_pid=pid,
+        cafile=args.cafile,
     )
     if CODEC_NAME != "compiled":
         print(

@@ -17,11 +17,20 @@ Usage::
     python -m bench.run --servers fastws-callback,picows --rounds 7 --out bench/results/mine
     python -m bench.run --baseline HEAD~3 --servers fastws-callback,fastws-callback@base,picows \
         --reference fastws-callback@base           # before/after: this code against commit HEAD~3
+    python -m bench.run --servers fastws-callback,fastws-callback-tls,picows,picows-tls   # ws:// and wss://
+    python -m bench.run --servers fastws-cli-w1,fastws-cli-w2 --no-pin --procs 2 \
+        --reference fastws-cli-w1                   # fastws serve --workers 1 against --workers 2
 
 ``--baseline GITREF`` exports that commit of the checkout to a temporary
 directory, builds its extensions there and adds ``<name>@base`` servers: the
 same ``bench/servers.py`` echo servers (the run's copy), importing the
 baseline's fastws; the load generator is the run's own for every server.
+
+Servers named ``*-tls`` are served on wss:// with a certificate that the run
+makes in its temporary directory (``bench.tls``); the load generator trusts
+it. A server with several worker processes (``fastws-cli-w2``) needs as many
+CPUs: run it with ``--no-pin`` (then server and load generator share the
+cores, and the table says when all of them were busy) or ``--server-cpus``.
 
 Writes ``<out>.csv`` (one row per run), ``<out>.json`` (everything),
 ``<out>.txt`` (the table) and ``<out>.svg`` (a bar chart).
@@ -53,7 +62,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.servers import SERVERS, fastws_digest
+from bench import tls
+from bench.servers import SERVERS, fastws_digest, is_tls, workers
 
 __all__ = ["main"]
 
@@ -65,6 +75,8 @@ FASTWS_SERVERS = [name for name in SERVERS if name.startswith("fastws")]
 BASE_SUFFIX = "@base"
 #: Percent of a core used by neither server nor loadgen above which we warn.
 OTHER_LOAD_WARN = 25.0
+#: Fraction of the shared cores busy above which the machine, not one program, was the limit.
+MACHINE_SATURATED = 0.90
 
 
 # -- machine and software description -------------------------------------
@@ -271,6 +283,29 @@ def _pinner(cpus: set[int] | None) -> Any:
     return pin
 
 
+def server_command(name: str, port: int, tls_dir: Path | None) -> list[str]:
+    """The command that runs ``bench.servers`` server ``name`` on ``port``
+    (wss:// with the certificate in ``tls_dir`` for a ``-tls`` server)."""
+    cmd = [sys.executable, "-m", "bench.servers", name, "--port", str(port)]
+    if is_tls(name):
+        if tls_dir is None:
+            raise ValueError(f"{name} needs a certificate (bench.tls.make_cert)")
+        cmd += ["--tls-dir", str(tls_dir)]
+    return cmd
+
+
+def pinning_warnings(servers: list[str], server_cpus: set[int] | None) -> list[str]:
+    """A warning for each server with more worker processes than the CPUs it is pinned to."""
+    if not server_cpus:
+        return []
+    return [
+        f"WARNING {name} runs {workers(name)} worker processes pinned to {len(server_cpus)} CPU(s) "
+        f"{sorted(server_cpus)}: they share them (use --no-pin or --server-cpus)"
+        for name in servers
+        if workers(name) > len(server_cpus)
+    ]
+
+
 def _wait_ready(proc: subprocess.Popen[bytes], timeout: float) -> str | None:
     """Wait for the server's ``ready`` line on its stdout; return it."""
     assert proc.stdout is not None
@@ -326,14 +361,16 @@ def run_one(
     loadgen_cpus: set[int] | None,
     workdir: Path = ROOT,
     base_dir: Path | None = None,
+    tls_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Start ``server``, load it, stop it; the loadgen's figures plus health.
 
     The server runs from ``workdir`` (the run's copy of fastws and bench), or
     for ``NAME@base`` from ``base_dir`` (the ``--baseline`` tree, with the
-    run's bench); the load generator always runs from ``workdir``."""
+    run's bench); the load generator always runs from ``workdir``. A ``-tls``
+    server uses the certificate in ``tls_dir``, which the loadgen trusts."""
     port = _free_port()
-    url = f"ws://127.0.0.1:{port}/"
+    url = f"{'wss' if is_tls(server) else 'ws'}://127.0.0.1:{port}/"
     row: dict[str, Any] = {"server": server, "port": port}
     name = server.removesuffix(BASE_SUFFIX)
     server_dir = workdir
@@ -342,7 +379,7 @@ def run_one(
         server_dir = base_dir
     with tempfile.TemporaryFile() as errlog:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.servers", name, "--port", str(port)],
+            server_command(name, port, tls_dir),
             cwd=server_dir,
             env=code_env(server_dir),
             stdout=subprocess.PIPE,
@@ -363,6 +400,8 @@ def run_one(
                 ]  # fmt: skip
                 if opts.text:
                     cmd.append("--text")
+                if tls_dir is not None and is_tls(server):
+                    cmd += ["--cafile", str(tls_dir / tls.CERT_FILE)]
                 if loadgen_cpus:
                     cmd += ["--cpus", ",".join(map(str, sorted(loadgen_cpus)))]
                 lg = subprocess.run(
@@ -416,6 +455,7 @@ def summarise(runs: list[dict[str, Any]], servers: list[str]) -> list[dict[str, 
             "server_cpu_pct": _median([r["server_cpu_pct"] for r in good]),
             "loadgen_cpu_pct": _median([r["loadgen_cpu_pct"] for r in good]),
             "other_cpu_pct": _median([r.get("other_cpu_pct") for r in good]),
+            "machine_busy_pct": _median([r.get("machine_busy_pct") for r in good]),
             "loadgen_cores": max((r["loadgen_cores"] for r in good), default=1),
             "msgs_per_server_cpu_s": _median([r["msgs_per_server_cpu_s"] for r in good]),
             "server_rss_mib": _median([r["server_rss_mib"] for r in good]),
@@ -453,11 +493,13 @@ def _base_twin(by: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
     return by.get(name if name.endswith(BASE_SUFFIX) else name + BASE_SUFFIX, {})
 
 
-def format_table(summary: list[dict[str, Any]], reference: str, second: str) -> str:
+def format_table(summary: list[dict[str, Any]], reference: str, second: str, shared_cores: int = 0) -> str:
     """The comparison table (medians of rounds) plus a bar chart and notes.
 
     With ``@base`` servers in the run (``--baseline``), two more columns give
-    each fastws server's ratios to the same server on the baseline commit."""
+    each fastws server's ratios to the same server on the baseline commit.
+    ``shared_cores``: how many cores server and load generator shared (0:
+    pinned apart); a note names the servers whose runs kept them all busy."""
     by = {s["server"]: s for s in summary}
     ref = by.get(reference, {})
     sec = by.get(second, {})
@@ -511,6 +553,13 @@ def format_table(summary: list[dict[str, Any]], reference: str, second: str) -> 
                 f"WARNING {s['server']}: the load generator was at ~100% of its "
                 f"{s['loadgen_cores']} core(s) in {s['loadgen_saturated_rounds']}/{s['good_rounds']} rounds; "
                 "its msg/s is a lower bound (the client may be the bottleneck) - compare msg/srv-CPU-s"
+            )
+        busy = s["machine_busy_pct"]
+        if shared_cores and busy is not None and busy >= MACHINE_SATURATED * 100 * shared_cores:
+            notes.append(
+                f"note {s['server']}: server and load generator shared {shared_cores} cores, all busy "
+                f"({busy:.0f}% in all: server {_n(s['server_cpu_pct'])}%, loadgen {_n(s['loadgen_cpu_pct'])}%, other "
+                f"{_n(s['other_cpu_pct'])}%): the cores, not the server alone, were the limit - compare msg/srv-CPU-s"
             )
         if s["error_rounds"] or s["failed"]:
             notes.append(f"ERRORS {s['server']}: {s['errors']} {'; '.join(s['failed'])}")
@@ -571,6 +620,7 @@ def format_header(meta: dict[str, Any], opts: argparse.Namespace, pin_text: str)
         f"{pin_text}; loadgen: {opts.procs} process(es); "
         + ("fastws/ and bench/ run from a copy taken at the start" if meta.get("snapshot") else "live checkout"),
         "versions " + " ".join(f"{k} {val}" for k, val in v.items()),
+        *([f"wss:// servers: {meta['tls']}"] if meta.get("tls") else []),
     ])  # fmt: skip
 
 
@@ -760,6 +810,14 @@ def main(argv: list[str] | None = None) -> int:
         if server_cpus and loadgen_cpus
         else "not pinned"
     )
+    if server_cpus and loadgen_cpus:
+        overlap = server_cpus & loadgen_cpus
+        shared_cores = len(server_cpus | loadgen_cpus) if overlap else 0
+    else:
+        shared_cores = len(os.sched_getaffinity(0))
+    warnings = pinning_warnings(servers, server_cpus)
+    for line in warnings:
+        print(f"run: {line}", file=sys.stderr)
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # stop like Ctrl-C: the current server is stopped, the rest summarised
@@ -773,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         if opts.baseline:
             assert base_dir is not None
             meta["baseline"] = prepare_baseline(opts.baseline, base_dir, workdir / "bench")
+        tls_dir = tls.make_cert(Path(tmp.name) / "tls") if any(map(is_tls, servers)) else None
     except KeyboardInterrupt:
         tmp.cleanup()
         raise SystemExit("run: interrupted before the first run")
@@ -794,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
                     progress.start(f"round {rnd}/{opts.rounds}  {name}: waiting for the machine to be quiet")
                     idle_busy = wait_quiet(opts.wait_quiet, opts.quiet_below)
                 progress.start(f"round {rnd}/{opts.rounds}  {name}: running ~{opts.warmup + opts.duration:g} s")
-                row = run_one(name, opts, server_cpus, loadgen_cpus, workdir, base_dir)
+                row = run_one(name, opts, server_cpus, loadgen_cpus, workdir, base_dir, tls_dir)
                 row["round"] = rnd
                 row["machine_busy_before_pct"] = idle_busy
                 runs.append(row)
@@ -814,11 +873,14 @@ def main(argv: list[str] | None = None) -> int:
         return ",".join(sorted(seen - {"-"})) or "-"
 
     meta["fastws_build"] = builds_seen(False)
+    if tls_dir is not None:
+        negotiated = ", ".join(sorted({r["tls"] for r in runs if r.get("tls")})) or "-"
+        meta["tls"] = f"{tls.SETTINGS}; negotiated {negotiated}"
     if opts.baseline:
         meta["baseline"]["builds_seen"] = builds_seen(True)
     summary = summarise(runs, servers)
-    text = format_header(meta, opts, pin_text) + "\n\n" + format_table(summary, opts.reference, opts.second)
-    text += "".join("\n" + line for line in build_warnings(runs, meta))
+    text = format_header(meta, opts, pin_text) + "\n\n" + format_table(summary, opts.reference, opts.second, shared_cores)
+    text += "".join("\n" + line for line in [*warnings, *build_warnings(runs, meta)])
     print(text)
     config = {k: v for k, v in vars(opts).items() if k not in ("server_cpus", "loadgen_cpus")}
     config.update(server_cpus=sorted(server_cpus or []), loadgen_cpus=sorted(loadgen_cpus or []), servers=servers)

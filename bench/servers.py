@@ -1,4 +1,4 @@
-"""The echo servers we compare, each a single process on uvloop.
+"""The echo servers we compare, each on uvloop, in one process but for ``fastws-cli-w2``.
 
 ``python -m bench.servers NAME --port P`` runs one of:
 
@@ -12,6 +12,27 @@
 - ``fastws-callback-hashlib`` — ``fastws-callback`` with the server's accept-key
   function replaced by the pure twin's (``hashlib.sha1`` + ``base64``) instead
   of the compiled hand-written SHA-1, for ``python -m bench.handshakes``.
+- ``fastws-callback-tls``, ``picows-tls`` — ``fastws-callback`` and ``picows``
+  on wss://: a name ending in ``-tls`` runs the server of the name without it
+  with the certificate in ``--tls-dir`` (made by ``bench.run`` or
+  ``bench.handshakes``; by hand, a fresh one in a temporary directory, its
+  path on stderr). Both get the same ``ssl.SSLContext`` settings,
+  :func:`bench.tls.server_context`: a self-signed ECDSA P-256 certificate,
+  TLS 1.2 or newer offered (TLS 1.3 negotiated with the bench's clients),
+  ECDHE on P-256 only, OpenSSL's default cipher suites. fastws does TLS with
+  uvloop's SSL transport (``ssl.MemoryBIO``), picows with aiofastnet's own.
+- ``fastws-cli-w1``, ``fastws-cli-w2`` — the real CLI, ``python -m fastws serve
+  fastws.demo:EchoHandler --workers N --no-access-log --log-level warning
+  --ws-max-size MAX`` (N = 1, 2), started by this process, which prints
+  ``ready`` once the port has N listening sockets (each worker binds its own,
+  ``SO_REUSEPORT``, after the supervisor logs its start line) and accepts a
+  connection, and stops it with SIGTERM. With 2 workers it is a supervisor
+  (plus multiprocessing's resource tracker) and 2 worker processes: the
+  load generator measures CPU and RSS of this process's whole tree (this
+  wrapper, idle, included), and the kernel spreads connections over the
+  workers by a hash of their addresses, not evenly. Pin it to as many CPUs
+  as workers (``bench.run --no-pin``, or ``--server-cpus 0-1``), or the
+  workers share one.
 
 All echo text as text and binary as binary, accept any path, answer a close
 frame, negotiate no extension (the load generator offers none), log only
@@ -25,27 +46,59 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import hashlib
 import logging
+import os
 import signal
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Awaitable
 from pathlib import Path
-from collections.abc import Awaitable, Callable
-from typing import Any
+from ssl import SSLContext
+from typing import Any, Protocol
 
-__all__ = ["SERVERS", "fastws_digest", "foreign_fastws_modules", "main"]
+from bench import tls
+
+__all__ = ["SERVERS", "TLS_SUFFIX", "fastws_digest", "foreign_fastws_modules", "is_tls", "main", "workers"]
 
 MAX_SIZE = 16 * 2**20
+#: A server name ending so speaks wss:// (the server of the name without it, with TLS).
+TLS_SUFFIX = "-tls"
+#: Seconds a ``fastws-cli-*`` server may take to listen, and to stop on SIGTERM.
+CLI_START_TIMEOUT = 15.0
+CLI_STOP_TIMEOUT = 8.0
 
 
-async def _fastws_callback(host: str, port: int, max_size: int) -> Any:
+class ServerStart(Protocol):
+    """Start an echo server on ``host:port`` (wss:// when ``ssl`` is given);
+    return an object to keep while it serves (closed at the end)."""
+
+    def __call__(self, host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Awaitable[Any]: ...
+
+
+def is_tls(name: str) -> bool:
+    """Whether server ``name`` (``@base`` suffix or not) speaks wss://."""
+    return name.partition("@")[0].endswith(TLS_SUFFIX)
+
+
+def workers(name: str) -> int:
+    """How many worker processes server ``name`` serves with (``fastws-cli-wN``: N)."""
+    base = name.partition("@")[0]
+    prefix = "fastws-cli-w"
+    return int(base.removeprefix(prefix)) if base.startswith(prefix) else 1
+
+
+async def _fastws_callback(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
     import fastws
     from fastws.demo import EchoHandler
 
-    return await fastws.serve(EchoHandler, host, port, access_log=False, max_message_size=max_size)
+    return await fastws.serve(EchoHandler, host, port, access_log=False, max_message_size=max_size, ssl=ssl)
 
 
-async def _fastws_callback_hashlib(host: str, port: int, max_size: int) -> Any:
+async def _fastws_callback_hashlib(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
     """``fastws-callback`` computing Sec-WebSocket-Accept with hashlib + base64.
 
     ``fastws.protocol.http.check_request`` calls ``_handshake.accept_key(key)``
@@ -65,20 +118,20 @@ async def _fastws_callback_hashlib(host: str, port: int, max_size: int) -> Any:
     used = getattr(fastws.protocol.http, "_handshake")
     if used is not fastws.codec.handshake or used.accept_key is not _handshake_py.accept_key:
         raise RuntimeError("fastws-callback-hashlib: check_request would not call the hashlib accept_key")
-    return await _fastws_callback(host, port, max_size)
+    return await _fastws_callback(host, port, max_size, ssl)
 
 
-async def _fastws_coroutine(host: str, port: int, max_size: int) -> Any:
+async def _fastws_coroutine(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
     import fastws
 
     async def echo(ws: Any) -> None:
         async for message in ws:
             await ws.send(message)
 
-    return await fastws.serve(echo, host, port, access_log=False, max_message_size=max_size)
+    return await fastws.serve(echo, host, port, access_log=False, max_message_size=max_size, ssl=ssl)
 
 
-async def _websockets(host: str, port: int, max_size: int) -> Any:
+async def _websockets(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
     from websockets.asyncio.server import serve
     from websockets.exceptions import ConnectionClosed
 
@@ -91,10 +144,12 @@ async def _websockets(host: str, port: int, max_size: int) -> Any:
             # websockets logs that as a handler failure unless we catch it.
             pass
 
-    return await serve(echo, host, port, max_size=max_size)
+    return await serve(echo, host, port, max_size=max_size, ssl=ssl)
 
 
-async def _picows(host: str, port: int, max_size: int, use_aiofastnet: bool | None = None) -> Any:
+async def _picows(
+    host: str, port: int, max_size: int, ssl: SSLContext | None = None, use_aiofastnet: bool | None = None
+) -> Any:
     from picows import WSCloseCode, WSListener, WSMsgType, ws_create_server
 
     class Echo(WSListener):
@@ -110,15 +165,15 @@ async def _picows(host: str, port: int, max_size: int, use_aiofastnet: bool | No
     # use_aiofastnet=None is picows' default: its own transport (aiofastnet)
     # when that package is installed, else the event loop's.
     return await ws_create_server(
-        lambda request: Echo(), host, port, max_frame_size=max_size, use_aiofastnet=use_aiofastnet
+        lambda request: Echo(), host, port, max_frame_size=max_size, use_aiofastnet=use_aiofastnet, ssl=ssl
     )
 
 
-async def _picows_uvloop(host: str, port: int, max_size: int) -> Any:
-    return await _picows(host, port, max_size, use_aiofastnet=False)
+async def _picows_uvloop(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    return await _picows(host, port, max_size, ssl, use_aiofastnet=False)
 
 
-async def _aiohttp(host: str, port: int, max_size: int) -> Any:
+async def _aiohttp(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
     from aiohttp import WSMsgType, web
 
     async def echo(request: web.Request) -> web.StreamResponse:
@@ -135,13 +190,91 @@ async def _aiohttp(host: str, port: int, max_size: int) -> Any:
     app.router.add_get("/{tail:.*}", echo)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl)
     await site.start()
     return runner
 
 
+class _Cli:
+    """A running ``fastws serve`` process (in a session of its own); ``close()`` stops it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # the supervisor forwards it to its workers
+            try:
+                self.proc.wait(CLI_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def _listening(port: int) -> int:
+    """How many TCP sockets listen on ``port`` (SO_REUSEPORT: one per worker)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is HOST:PORT in hex; state 0A is LISTEN.
+            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                count += 1
+    return count
+
+
+def _die_with_parent() -> None:
+    try:  # PR_SET_PDEATHSIG: SIGTERM when this wrapper dies, even by SIGKILL
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+async def _fastws_cli(host: str, port: int, max_size: int, ssl: SSLContext | None = None, worker_count: int = 1) -> Any:
+    """``python -m fastws serve`` with ``--workers worker_count``, once all its
+    workers listen and the port accepts a connection (see the module docstring)."""
+    import fastws  # noqa: F401 - the ready line's fingerprint: the copy the child imports too (same cwd, PYTHONPATH)
+
+    if ssl is not None:
+        raise ValueError("fastws-cli servers have no TLS variant")
+    cmd = [
+        sys.executable, "-m", "fastws", "serve", "fastws.demo:EchoHandler", "--host", host, "--port", str(port),
+        "--workers", str(worker_count), "--no-access-log", "--log-level", "warning", "--ws-max-size", str(max_size),
+    ]  # fmt: skip
+    # Its own session, so that a stuck one is killed whole (killpg), workers included.
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+    deadline = time.monotonic() + CLI_START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"fastws serve exited with status {proc.returncode} before listening")
+        if _listening(port) >= worker_count:
+            try:
+                _, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                pass
+            else:
+                writer.close()
+                return _Cli(proc)
+        if time.monotonic() > deadline:
+            _Cli(proc).close()
+            raise RuntimeError(f"fastws serve --workers {worker_count}: not listening on port {port} after {CLI_START_TIMEOUT:g} s")
+        await asyncio.sleep(0.05)
+
+
+async def _fastws_cli_w1(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    return await _fastws_cli(host, port, max_size, ssl, worker_count=1)
+
+
+async def _fastws_cli_w2(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    return await _fastws_cli(host, port, max_size, ssl, worker_count=2)
+
+
 #: name -> coroutine that starts the server and returns an object to keep.
-SERVERS: dict[str, Callable[[str, int, int], Awaitable[Any]]] = {
+SERVERS: dict[str, ServerStart] = {
     "fastws-callback": _fastws_callback,
     "fastws-coroutine": _fastws_coroutine,
     "websockets": _websockets,
@@ -152,6 +285,12 @@ SERVERS: dict[str, Callable[[str, int, int], Awaitable[Any]]] = {
     # Not in the default comparison: fastws-callback with hashlib's SHA-1
     # for the accept key (python -m bench.handshakes).
     "fastws-callback-hashlib": _fastws_callback_hashlib,
+    # Not in the default comparison: wss:// (is_tls), issue 10.
+    "fastws-callback-tls": _fastws_callback,
+    "picows-tls": _picows,
+    # Not in the default comparison: the CLI with 1 and 2 worker processes.
+    "fastws-cli-w1": _fastws_cli_w1,
+    "fastws-cli-w2": _fastws_cli_w2,
 }
 
 
@@ -200,9 +339,11 @@ def fastws_digest(root: Path, suffixes: tuple[str, ...] = (".py", ".so", ".pyx",
     return h.hexdigest()[:12]
 
 
-async def _run(name: str, host: str, port: int, max_size: int) -> None:
-    keep = await SERVERS[name](host, port, max_size)
-    print(f"ready {name} ws://{host}:{port}/ fastws-build={loaded_fastws_digest()}", flush=True)
+async def _run(name: str, host: str, port: int, max_size: int, tls_dir: Path | None) -> None:
+    context = tls.server_context(tls_dir) if tls_dir is not None else None
+    keep = await SERVERS[name](host, port, max_size, ssl=context)
+    scheme = "ws" if context is None else "wss"
+    print(f"ready {name} {scheme}://{host}:{port}/ fastws-build={loaded_fastws_digest()}", flush=True)
     stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_signal() -> None:
@@ -227,14 +368,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=9001)
     p.add_argument("--max-size", type=int, default=MAX_SIZE, help=f"largest message in bytes (default {MAX_SIZE})")
     p.add_argument("--log-level", default="error", help="logging level (default error: no per-connection logs)")
+    p.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=None,
+        help=f"for the {TLS_SUFFIX} servers: the directory with {tls.CERT_FILE} and {tls.KEY_FILE} "
+        "(default: a fresh certificate in a temporary directory, its path on stderr)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     import uvloop
 
-    try:
-        uvloop.run(_run(args.name, args.host, args.port, args.max_size))
-    except KeyboardInterrupt:
-        pass
+    with tempfile.TemporaryDirectory(prefix="fastws-bench-tls-") as tmp:
+        tls_dir = args.tls_dir if is_tls(args.name) else None
+        if is_tls(args.name) and tls_dir is None:
+            tls_dir = tls.make_cert(Path(tmp))
+            print(f"bench.servers: certificate {tls_dir / tls.CERT_FILE} (bench.loadgen --cafile)", file=sys.stderr, flush=True)
+        try:
+            uvloop.run(_run(args.name, args.host, args.port, args.max_size, tls_dir))
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
