@@ -26,6 +26,7 @@ cdef class Connection:
     cdef public object remote_address
     cdef public object local_address
     cdef object _scheme                  #: set from a trusted proxy's headers; None: from the transport
+    cdef bint _tls                       #: the transport is TLS (join batches into one record)
     cdef public object username          #: set by basic_auth
     cdef readonly object public          #: what user code sees: self, or the face's object
     cdef object _on_open                 #: the face's callbacks (attach)

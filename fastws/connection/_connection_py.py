@@ -83,6 +83,7 @@ class Connection:
         self.remote_address: Any = None
         self.local_address: Any = None
         self._scheme: str | None = None
+        self._tls = False
         #: Set by :func:`fastws.basic_auth` to the authenticated user.
         self.username: str | None = None
         #: What user code sees for this connection (set by the face).
@@ -194,8 +195,7 @@ class Connection:
         """``"wss"`` over TLS, else ``"ws"``; behind a trusted proxy, what
         its ``X-Forwarded-Proto`` / ``Forwarded`` header says."""
         if self._scheme is None:
-            t = self._transport
-            return "wss" if t is not None and t.get_extra_info("sslcontext") is not None else "ws"
+            return "wss" if self._tls else "ws"
         return self._scheme
 
     @scheme.setter
@@ -370,6 +370,7 @@ class Connection:
         self._started = now
         self.remote_address = transport.get_extra_info("peername")
         self.local_address = transport.get_extra_info("sockname")
+        self._tls = transport.get_extra_info("sslcontext") is not None
         transport.set_write_buffer_limits(high=self._write_limit)  # type: ignore[attr-defined]
         ctx = self._ctx
         ctx.connections.add(self)
@@ -678,6 +679,10 @@ class Connection:
         if n:
             if n == 1:
                 self._transport.write(out[0])
+            elif self._tls:
+                # An SSL transport makes one TLS record per buffer given to
+                # writelines: join them, one record per batch.
+                self._transport.write(b"".join(out))
             else:
                 self._transport.writelines(out)  # uvloop: one writev
             proto.output_written()
