@@ -151,7 +151,9 @@ class ServerState:
             return None
         limit = config.limit_concurrency
         if limit is not None and len(self._counted) >= limit:
-            self.logger.warning("limit-concurrency %d reached: refusing %s with 503", limit, format_address(conn.remote_address))
+            self.logger.warning(
+                "conn %d %s: limit-concurrency %d reached; refusing with 503", conn.num, format_address(conn.remote_address), limit
+            )
             return make_response(503, "Too many connections; try again later.\n", headers=[("Retry-After", "1")])
         address = conn.remote_address
         host = address[0] if isinstance(address, tuple) else address
@@ -159,7 +161,9 @@ class ServerState:
         if per_ip is not None:
             count = self._per_ip.get(host, 0)
             if count >= per_ip:
-                self.logger.warning("limit-per-ip %d reached by %s: refusing with 429", per_ip, host)
+                self.logger.warning(
+                    "conn %d %s: limit-per-ip %d reached by %s; refusing with 429", conn.num, format_address(address), per_ip, host
+                )
                 return make_response(429, "Too many connections from your address.\n", headers=[("Retry-After", "1")])
             self._per_ip[host] = count + 1
         self._counted[conn] = host
