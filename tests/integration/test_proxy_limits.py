@@ -174,7 +174,7 @@ def test_cli_flags(tmp_path: Any) -> None:
     ]
     for flags, env, trusted in cases:
         args = ["whoami:handler", "--limit-per-ip", "1", "--limit-concurrency", "2", *flags]
-        with ServerProcess(*args, cwd=tmp_path, env=env).start() as server:
+        with ServerProcess(*args, cwd=tmp_path, env=env) as server:
             asyncio.run(check(server.port, trusted))
 
 
