@@ -21,9 +21,11 @@ import logging
 import logging.config
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn
@@ -288,16 +290,18 @@ async def _serve(
     announce: bool,
     sock: socket.socket | None = None,
     ready: Connection | None = None,
+    worker_share: tuple[str, int] | None = None,
 ) -> None:
     """Serve until SIGTERM (or SIGINT when ``announce``: the one process a
     terminal's Ctrl-C is for), then drain."""
+    share: dict[str, Any] = {} if worker_share is None else {"worker_share": worker_share}
     if sock is not None:
-        server = await serve(handler, config=config, sock=sock)
+        server = await serve(handler, config=config, sock=sock, **share)
     elif config.uds:
-        server = await serve(handler, config=config)
+        server = await serve(handler, config=config, **share)
     else:
         # Workers share the port with SO_REUSEPORT.
-        server = await serve(handler, config=config, reuse_port=config.workers > 1 or None)
+        server = await serve(handler, config=config, reuse_port=config.workers > 1 or None, **share)
     where = _where(config, server.sockets[0])
     if announce:
         logger.info(
@@ -340,13 +344,16 @@ async def _serve(
         logger.info("stopped")
 
 
-def _worker(config: Config, target: str, sock: socket.socket | None, ready: Connection, index: int) -> None:
+def _worker(
+    config: Config, target: str, sock: socket.socket | None, share_dir: str | None, ready: Connection, index: int
+) -> None:
     """The body of one worker process (spawned: it imports the target itself)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _setup_logging(config.log_level, config.log_config)
         handler = load_target(target)
-        _run_loop(_loop_name(config.loop), _serve(config, target, handler, announce=False, sock=sock, ready=ready))
+        share = None if share_dir is None else (share_dir, index)
+        _run_loop(_loop_name(config.loop), _serve(config, target, handler, announce=False, sock=sock, ready=ready, worker_share=share))
     except TargetError as exc:
         logger.critical("worker %d: %s", index, exc)
         sys.exit(3)
@@ -389,7 +396,14 @@ def _serve_workers(config: Config, target: str) -> int:
             __version__, target, where, config.workers, _loop_name(config.loop), _codec_name(),
         )  # fmt: skip
 
-    status = Supervisor(functools.partial(_worker, config, target, sock), config.workers, on_listening=announce).run()
+    # Workers publish their figures here, so one scrape sees them all.
+    share_dir = tempfile.mkdtemp(prefix="fastws-workers-") if config.counting else None
+    try:
+        worker = functools.partial(_worker, config, target, sock, share_dir)
+        status = Supervisor(worker, config.workers, on_listening=announce).run()
+    finally:
+        if share_dir is not None:
+            shutil.rmtree(share_dir, ignore_errors=True)
     logger.info("stopped")
     return status
 

@@ -195,13 +195,42 @@ class Config:
     max_queue: int | None = option(
         16, "--ws-max-queue", help="coroutine level: queued messages before reading pauses", kind="int"
     )
-    #: Coroutine level keepalive: seconds between pings, and seconds to wait
+    #: Keepalive at both levels: seconds between pings, and seconds to wait
     #: for the pong before closing with 1011. ``None``: off.
     ping_interval: float | None = option(
-        20.0, "--ws-ping-interval", help="coroutine level: seconds between keepalive pings", kind="seconds"
+        20.0, "--ws-ping-interval", help="seconds between keepalive pings", kind="seconds"
     )
     ping_timeout: float | None = option(
-        20.0, "--ws-ping-timeout", help="coroutine level: seconds to wait for a pong", kind="seconds"
+        20.0, "--ws-ping-timeout", help="seconds to wait for a keepalive pong before closing with 1011", kind="seconds"
+    )
+
+    #: Close a connection (1000 "idle timeout") that sent no message for
+    #: this many seconds (between 1 and 1.25 times it; pings and pongs do
+    #: not count). ``None``: off.
+    idle_timeout: float | None = option(
+        None, "--ws-idle-timeout", help="close connections that sent no message for this long", kind="seconds"
+    )
+
+    # -- observability, docs/observability.md ----------------------------
+    #: Serve Prometheus metrics at ``/metrics`` (on the server's port, or
+    #: on ``metrics_port``). Counting costs a few C increments per message.
+    metrics: bool = option(False, "--metrics", help="serve Prometheus metrics at /metrics", kind="flag")
+    #: Serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port of
+    #: ``host`` instead (turns metrics on).
+    metrics_port: int | None = option(
+        None, "--metrics-port", help="serve /metrics, /healthz and /readyz on this port instead (turns --metrics on)", kind="int"
+    )
+    #: Answer ``GET /healthz`` (200 while the process runs) and ``GET
+    #: /readyz`` (200 while accepting, 503 while draining).
+    health: bool = option(True, "--health", help="answer GET /healthz and /readyz", kind="flag")
+    #: Serve the live dashboard at ``/fastws/dashboard`` (turns metrics
+    #: on). Without ``dashboard_token`` only loopback clients may open it.
+    dashboard: bool = option(False, "--dashboard", help="serve the live dashboard at /fastws/dashboard", kind="flag")
+    #: Token the dashboard asks for (``?token=...``); then any client with
+    #: it may open the dashboard.
+    dashboard_token: str | None = option(
+        None, "--dashboard-token", help="token for the dashboard (?token=...); without one, loopback clients only", kind="str",
+        metavar="TOKEN",
     )
 
     # -- permessage-deflate (RFC 7692), docs/compression.md --------------
@@ -262,7 +291,9 @@ class Config:
         for name in ("max_header_size", "write_limit", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("open_timeout", "close_timeout", "ping_interval", "ping_timeout"):
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError("metrics_port must be between 0 and 65535")
+        for name in ("open_timeout", "close_timeout", "ping_interval", "ping_timeout", "idle_timeout"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, or None for off")
@@ -288,6 +319,11 @@ class Config:
             raise ValueError("deflate_mem_level must be between 1 and 9")
         if self.deflate_min_size < 0:
             raise ValueError("deflate_min_size must be >= 0")
+
+    @property
+    def counting(self) -> bool:
+        """Whether the server keeps counters (metrics or the dashboard)."""
+        return self.metrics or self.metrics_port is not None or self.dashboard
 
     def replace(self, **changes: object) -> "Config":
         """A copy with some options changed."""

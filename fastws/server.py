@@ -17,6 +17,7 @@ import inspect
 import logging
 import os
 import re
+import time
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
@@ -27,7 +28,10 @@ from .config import DEFAULTS, Config, options
 from .connection import Connection
 from .faces.asyncio import coroutine_face
 from .faces.callback import callback_face
-from .protocol.http import MultipleValuesError, Request, Response, format_address, make_response
+from . import dashboard, metrics
+from .metrics import WorkerShare
+from .protocol import Stats
+from .protocol.http import MultipleValuesError, Request, Response, format_address, make_response, parse_tokens, upgrade_required
 from .protocol.proxy import TrustedProxies, forwarded_client
 from .types import CloseCode, State
 
@@ -106,6 +110,7 @@ class ServerState:
         select_subprotocol: Callable[[Any, Sequence[str]], str | None] | None = None,
         create_connection: Callable[..., Any] | None = None,
         logger: "logging.Logger | logging.LoggerAdapter[Any] | str | None" = None,
+        worker_share: "tuple[str, int] | None" = None,
     ) -> None:
         if isinstance(subprotocols, str):
             raise TypeError(f"subprotocols must be a list, not a {type(subprotocols).__name__}")
@@ -130,15 +135,113 @@ class ServerState:
         self._counted: dict[Connection, Any] = {}
         self._per_ip: dict[Any, int] = {}
         limited = config.limit_concurrency is not None or config.limit_per_ip is not None
+        #: Counters shared by the connections; None when metrics are off.
+        self.stats: Stats | None = Stats() if config.counting else None
+        self.started = time.time()
+        self.loop_lag = 0.0
+        #: True once the server stops accepting (readyz answers 503).
+        self.draining = False
+        self.share = None if worker_share is None or self.stats is None else WorkerShare(*worker_share)
+        self.routes = self._routes()
         # None when off: the connection then skips the call.
         self.admit: Callable[[Connection, Request], Response | None] | None = (
-            self._admit if limited or self._trusted is not None else None
+            self._admit if limited or self._trusted is not None or self.routes else None
         )
         self.release: Callable[[Connection], None] | None = self._release if limited else None
 
+    # -- what the server answers itself: metrics, health, the dashboard ----
+
+    def _routes(self) -> dict[str, Callable[[Connection, Request], Response | None]]:
+        config = self.config
+        routes: dict[str, Callable[[Connection, Request], Response | None]] = {}
+        if config.health:
+            routes["/healthz"] = lambda conn, request: make_response(200, "OK\n")
+            routes["/readyz"] = self._readyz
+        if config.counting and config.metrics_port is None:
+            routes["/metrics"] = self._metrics
+        if config.dashboard:
+            routes.update(dashboard.routes(self))
+        return routes
+
+    def _readyz(self, conn: Connection, request: Request) -> Response:
+        if self.draining:
+            return make_response(503, "draining\n")
+        return make_response(200, "ready\n")
+
+    def _metrics(self, conn: Connection, request: Request) -> Response:
+        return make_response(200, metrics.render(self.all_snapshots()), content_type=metrics.CONTENT_TYPE)
+
+    def _route(self, conn: Connection, request: Request) -> Response | None:
+        """A path the server answers itself: plain GET/HEAD for /metrics,
+        /healthz, /readyz and the dashboard page; the dashboard's own
+        WebSocket (its route attaches the dashboard face and lets the
+        upgrade go on)."""
+        handler = self.routes.get(request.path.partition("?")[0])
+        if handler is None:
+            return None
+        upgrade = "websocket" in parse_tokens(request.headers.get_all("Upgrade"))
+        if upgrade != dashboard.is_websocket_route(request.path):
+            # An upgrade to /metrics is the app's; a plain GET to the
+            # dashboard's socket is told to upgrade.
+            return upgrade_required(request) if not upgrade else None
+        if not upgrade and request.method not in ("GET", "HEAD"):
+            return make_response(405, "Method not allowed.\n", headers=[("Allow", "GET, HEAD")])
+        return handler(conn, request)
+
+    def snapshot(self) -> dict[str, Any]:
+        """This server's figures: a plain, JSON-safe dict (see docs/observability.md)."""
+        stats = self.stats
+        now = time.time()
+        snap: dict[str, Any] = {
+            "worker": 0 if self.share is None else self.share.index,
+            "pid": os.getpid(),
+            "time": now,
+            "started": self.started,
+            "uptime": now - self.started,
+            "connections": sum(1 for c in self.connections if c.state is State.OPEN),
+            "loop_lag": self.loop_lag,
+            "draining": self.draining,
+        }
+        if stats is None:
+            snap.update(metrics.empty_counters())
+            return snap
+        snap.update(
+            handshakes={str(k): v for k, v in stats.handshakes.items()},
+            messages_in={"text": stats.text_in, "binary": stats.binary_in},
+            bytes_in={"text": stats.text_bytes_in, "binary": stats.binary_bytes_in},
+            messages_out={"text": stats.text_out, "binary": stats.binary_out},
+            bytes_out={"text": stats.text_bytes_out, "binary": stats.binary_bytes_out},
+            close_sent={str(k): v for k, v in stats.close_sent.items()},
+            close_received={str(k): v for k, v in stats.close_rcvd.items()},
+            rtt={"buckets": list(stats.rtt_buckets), "count": stats.rtt_count, "sum": stats.rtt_sum},
+            write_pauses=stats.write_pauses,
+            slow_readers_dropped=stats.slow_readers_dropped,
+            paths=dict(stats.paths),
+        )
+        return snap if self.share is None else self.share.carried(snap)
+
+    def all_snapshots(self) -> list[dict[str, Any]]:
+        """One snapshot per worker (just this one without workers)."""
+        own = self.snapshot()
+        return [own] if self.share is None else self.share.read_all(own)
+
+    async def watch(self) -> None:
+        """While counting: measure event-loop lag every 0.5 s and publish
+        this worker's snapshot every second (with workers)."""
+        loop = asyncio.get_running_loop()
+        tick = 0
+        while True:
+            expected = loop.time() + 0.5
+            await asyncio.sleep(0.5)
+            self.loop_lag = max(0.0, loop.time() - expected)
+            tick += 1
+            if self.share is not None and tick % 2 == 0:
+                self.share.publish(self.snapshot())
+
     def _admit(self, conn: Connection, request: Request) -> Response | None:
         """A request is in: find the real client behind a trusted proxy,
-        then apply the connection limits (503, 429)."""
+        answer what the server serves itself, then apply the connection
+        limits (503, 429)."""
         if self._trusted is not None:
             peer = conn.remote_address
             client = forwarded_client(request.headers, peer[0] if isinstance(peer, tuple) else None, self._trusted)
@@ -146,6 +249,10 @@ class ServerState:
                 conn.remote_address = (client.host, client.port)
                 if client.proto is not None:
                     conn.scheme = client.proto
+        if self.routes:
+            answer = self._route(conn, request)
+            if answer is not None:
+                return answer
         config = self.config
         if self.release is None:
             return None
@@ -188,6 +295,40 @@ class ServerState:
         task.add_done_callback(self.tasks.discard)
 
 
+class _MetricsPort:
+    """The ServerContext of ``metrics_port``: answers ``/metrics``,
+    ``/healthz`` and ``/readyz`` from the server's figures, 404 to
+    anything else; no WebSocket opens there."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.config = state.config
+        self.connections: set[Connection] = set()
+        self.subprotocols: Sequence[str] | None = None
+        self.origins: Sequence[str | re.Pattern[str] | None] | None = None
+        self.select_subprotocol: Callable[[Any, Sequence[str]], str | None] | None = None
+        self.process_request: Callable[[Any, Request], Any] | None = None
+        self.process_response: Callable[[Any, Request, Response], Any] | None = None
+        self.stats: Any = None  # scrapes are not counted
+        self.release: Callable[[Connection], None] | None = None
+        self.admit: Callable[[Connection, Request], Response | None] | None = self._answer
+        self.routes: dict[str, Callable[[Connection, Request], Response | None]] = {
+            "/metrics": state._metrics, "/healthz": lambda conn, request: make_response(200, "OK\n"), "/readyz": state._readyz,
+        }  # fmt: skip
+
+    def _answer(self, conn: Connection, request: Request) -> Response | None:
+        handler = self.routes.get(request.path.partition("?")[0])
+        if handler is None or request.method not in ("GET", "HEAD"):
+            return make_response(404, "Not found: this port serves /metrics, /healthz and /readyz.\n")
+        return handler(conn, request)
+
+    def attach_face(self, conn: Connection) -> None:
+        conn.attach(conn, None, lambda conn, data, is_text: None, None)
+
+    def track_task(self, task: "asyncio.Future[Any]") -> None:
+        self.state.track_task(task)
+
+
 class Server:
     """A running WebSocket server (returned by :func:`serve`)."""
 
@@ -197,6 +338,8 @@ class Server:
         self._closing: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self._metrics_server: asyncio.Server | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def logger(self) -> "logging.Logger | logging.LoggerAdapter[Any]":
@@ -220,9 +363,34 @@ class Server:
         """The open connections (the objects handlers receive)."""
         return {c.public for c in self._context.connections if c.state is State.OPEN}
 
-    async def _listen(self, create: Callable[[Callable[[], Any]], Awaitable[asyncio.Server]]) -> None:
+    async def _listen(
+        self, create: Callable[[Callable[[], Any]], Awaitable[asyncio.Server]], host: Any = None, reuse_port: Any = None
+    ) -> None:
         context = self._context
+        config = context.config
+        if config.metrics_port is not None:
+            port_context = _MetricsPort(context)
+            self._metrics_server = await self._loop.create_server(
+                lambda: Connection(port_context),  # type: ignore[arg-type, return-value]
+                host if host is not None else config.host,
+                config.metrics_port,
+                reuse_port=reuse_port,
+            )
         self._server = await create(lambda: Connection(context))
+        if context.stats is not None:
+            self._watch = asyncio.ensure_future(context.watch())
+
+    def stats(self) -> dict[str, Any]:
+        """The server's figures as a plain dict: connections, handshakes by
+        status, messages and bytes in and out, close codes, ping round
+        trips, uptime, event-loop lag (docs/observability.md). Counters
+        are zero unless metrics are on (``metrics=True``)."""
+        return self._context.snapshot()
+
+    @property
+    def metrics_sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets of ``metrics_port``, if any."""
+        return () if self._metrics_server is None else tuple(self._metrics_server.sockets)
 
     def is_serving(self) -> bool:
         """True while the server accepts new connections."""
@@ -261,6 +429,7 @@ class Server:
             self._closing = asyncio.ensure_future(self._close(close_connections, code, reason))
 
     async def _close(self, close_connections: bool, code: int, reason: str) -> None:
+        self._context.draining = True
         if self._server is not None:
             self._server.close()
         conns = list(self._context.connections)
@@ -292,6 +461,11 @@ class Server:
         if self._server is not None:
             # asyncio's wait_closed also waits for connections; they are gone.
             await self._server.wait_closed()
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._metrics_server is not None:
+            # Open until the drain is over: /readyz says 503 meanwhile.
+            self._metrics_server.close()
         self._closed.set()
 
     async def wait_closed(self) -> None:
@@ -332,6 +506,7 @@ def _split_options(options: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
 
 
 _STATE_OPTIONS = {
+    "worker_share",
     "logger",
     "process_request",
     "process_response",
@@ -422,7 +597,7 @@ class serve:
             async def create(factory: Callable[[], Any]) -> asyncio.Server:
                 return await loop.create_server(factory, self._host, self._port, backlog=backlog, **kwargs)
 
-        await server._listen(create)
+        await server._listen(create, self._host, kwargs.get("reuse_port"))
         self.server = server
         return server
 

@@ -52,6 +52,9 @@ class ServerContext(Protocol):
     #: ``remote_address`` and ``scheme`` (a trusted proxy's headers) and
     #: returns a refusal (503, 429) or None.
     admit: "Callable[[Connection, Request], Response | None] | None"
+    #: The server's counters (``fastws.protocol.Stats``), or None when
+    #: metrics are off.
+    stats: Any
     #: Called when a connection ends (any state), or None.
     release: "Callable[[Connection], None] | None"
 

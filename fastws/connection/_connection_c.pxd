@@ -5,7 +5,7 @@
 
 cimport cython
 
-from fastws.protocol._server_c cimport ServerProtocol
+from fastws.protocol._server_c cimport ServerProtocol, Stats
 
 # Opcodes, states and pause reasons as C ints.
 cdef int OP_TEXT, OP_BINARY, OP_PING, OP_PONG
@@ -45,6 +45,15 @@ cdef class Connection:
     cdef bint _batching                  #: sends stay in the protocol's `out` until _flush
     cdef Py_ssize_t _write_limit
     cdef object _lost_waiter
+    cdef Stats _stats                    #: the server's counters, None when metrics are off
+    cdef public double latency           #: round trip of the last ping answered (s)
+    cdef object _ka_timer
+    cdef object _ka_payload
+    cdef double _ka_sent
+    cdef unsigned long long _received    #: messages received (idle_timeout compares it)
+    cdef unsigned long long _idle_seen
+    cdef int _idle_quiet
+    cdef object _idle_timer
 
     # The per-message path: C calls between these, typed locals.
     cpdef _process(self)

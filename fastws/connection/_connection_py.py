@@ -23,6 +23,8 @@ import asyncio
 import inspect
 import itertools
 import logging
+import os
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,7 @@ from ..protocol.http import Request, Response, format_address, make_response
 from ..types import CloseCode, PauseReason, State
 
 if TYPE_CHECKING:
+    from ..protocol import Stats as _Stats
     from ..types import Close
     from . import ServerContext
 
@@ -58,6 +61,17 @@ PAUSE_HANDSHAKE: int = PauseReason.HANDSHAKE
 _STATES = (State.CONNECTING, State.OPEN, State.CLOSING, State.CLOSED)
 
 _ids = itertools.count(1)
+
+
+def _loggable(path: str) -> str:
+    """The request path for the access log, a ``token=`` value hidden
+    (the dashboard's, or an application's)."""
+    if "token=" not in path:
+        return path
+    return _TOKEN.sub(r"\1***", path)
+
+
+_TOKEN = re.compile(r"([?&][A-Za-z_]*token=)[^&#]*")
 
 
 class Connection:
@@ -104,6 +118,18 @@ class Connection:
         self._batching = False
         self._write_limit: int = context.config.write_limit
         self._lost_waiter: asyncio.Future[None] | None = None
+        #: The server's counters, or None when metrics are off.
+        self._stats: "_Stats | None" = context.stats
+        #: Round-trip time of the last ping answered, in seconds (0 until one is).
+        self.latency = 0.0
+        self._ka_timer: asyncio.TimerHandle | None = None
+        self._ka_payload: bytes | None = None
+        self._ka_sent = 0.0
+        #: Messages received (for idle_timeout: quiet checks compare it).
+        self._received = 0
+        self._idle_seen = 0
+        self._idle_quiet = 0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- the face's side ------------------------------------------------
 
@@ -374,7 +400,7 @@ class Connection:
         transport.set_write_buffer_limits(high=self._write_limit)  # type: ignore[attr-defined]
         ctx = self._ctx
         ctx.connections.add(self)
-        self._proto = _ServerProtocol(self.config, self.num, self.remote_address, ctx.subprotocols, ctx.origins, now)
+        self._proto = _ServerProtocol(self.config, self.num, self.remote_address, ctx.subprotocols, ctx.origins, now, self._stats)
         self._arm_timer()
         try:
             ctx.attach_face(self)
@@ -399,6 +425,7 @@ class Connection:
         proto = self._proto
         proto.connection_lost()
         self._cancel_timer()
+        self._stop_heartbeat()
         ctx = self._ctx
         ctx.connections.discard(self)
         if ctx.release is not None:
@@ -409,6 +436,12 @@ class Connection:
             return
         rcvd = proto.close_rcvd
         code, reason = (rcvd.code, rcvd.reason) if rcvd is not None else (CloseCode.ABNORMAL_CLOSURE, "")
+        stats = self._stats
+        if stats is not None:
+            stats.close_rcvd[code] = stats.close_rcvd.get(code, 0) + 1
+            if proto.close_sent is not None:
+                sent_code = proto.close_sent.code
+                stats.close_sent[sent_code] = stats.close_sent.get(sent_code, 0) + 1
         if self.config.access_log:
             sent = proto.close_sent
             access_logger.info(
@@ -427,6 +460,8 @@ class Connection:
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self._stats is not None:
+            self._stats.write_pauses += 1
         # A peer that does not read must not make us buffer without bound:
         # stop reading from it too (its requests are what fill our buffer).
         self.pause_reading(PAUSE_WRITE_BUFFER)
@@ -469,7 +504,7 @@ class Connection:
             # Log lines name the real client from here on.
             proto.peer = self.remote_address
             if refusal is not None:
-                self._send_response(refusal, refusal.body.decode("utf-8", "replace").strip())
+                self._send_response(refusal, refusal.reason_phrase)
                 return
         self.pause_reading(PAUSE_HANDSHAKE)  # nothing more is read until we decide
         try:
@@ -577,11 +612,15 @@ class Connection:
                 self.num,
                 format_address(self.remote_address),
                 request.method,
-                request.path,
+                _loggable(request.path),
                 f" subprotocol={proto.subprotocol}" if proto.subprotocol else "",
                 f" extensions={deflate.response_params()}" if deflate is not None else "",
             )
         self._opened = True
+        stats = self._stats
+        if stats is not None and request is not None:
+            stats.opened(request.path)
+        self._start_heartbeat()
         self.resume_reading(PAUSE_HANDSHAKE)
         if self._on_open is not None:
             try:
@@ -596,6 +635,9 @@ class Connection:
     def _refused(self) -> None:
         """The protocol answered over HTTP: log it, write it, close."""
         proto = self._proto
+        if self._stats is not None:
+            response = proto.response
+            self._stats.refused(response.status_code if response is not None else 0)
         if self.config.access_log:
             request = proto.request
             response = proto.response
@@ -604,7 +646,7 @@ class Connection:
                 self.num,
                 format_address(self.remote_address),
                 request.method if request else "-",
-                request.path if request else "-",
+                _loggable(request.path) if request else "-",
                 response.status_code if response else 0,
                 proto.reject_reason,
             )
@@ -634,6 +676,7 @@ class Connection:
                 return
             opcode = event[0]
             if opcode == OP_TEXT or opcode == OP_BINARY:
+                self._received += 1
                 try:
                     self._on_message(self, event[1], opcode == OP_TEXT)
                 except Exception as exc:
@@ -651,7 +694,9 @@ class Connection:
                         self._user_error("on_ping")
                         return
             elif opcode == OP_PONG:
-                if self._on_pong is not None:
+                if self._ka_payload is not None and event[1] == self._ka_payload:
+                    self._keepalive_pong()
+                elif self._on_pong is not None:
                     try:
                         self._on_pong(self, event[1])
                     except Exception:
@@ -731,8 +776,90 @@ class Connection:
                 t.get_write_buffer_size(),
                 limit,
             )
+            if self._stats is not None:
+                self._stats.slow_readers_dropped += 1
             self._proto.abort()
             t.abort()
+
+    # -- heartbeat: keepalive pings and the idle timeout ------------------------
+
+    def _start_heartbeat(self) -> None:
+        config = self.config
+        if config.ping_interval is not None:
+            self._ka_timer = self._loop.call_later(config.ping_interval, self._keepalive_ping)
+        if config.idle_timeout is not None:
+            self._idle_timer = self._loop.call_later(config.idle_timeout / 4, self._idle_check)
+
+    def _stop_heartbeat(self) -> None:
+        if self._ka_timer is not None:
+            self._ka_timer.cancel()
+            self._ka_timer = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _keepalive_ping(self) -> None:
+        self._ka_timer = None
+        proto = self._proto
+        if proto.state != OPEN:
+            return
+        payload = os.urandom(4)
+        self._ka_payload = payload
+        self._ka_sent = self._loop.time()
+        proto.send_ping(payload)
+        if not self._batching:
+            self._write_out()
+        timeout = self.config.ping_timeout
+        if timeout is not None:
+            self._ka_timer = self._loop.call_at(self._ka_sent + timeout, self._keepalive_timeout, self._ka_sent + timeout)
+
+    def _keepalive_pong(self) -> None:
+        """The pong of our keepalive ping: note the round trip, ping again later."""
+        now = self._loop.time()
+        self._ka_payload = None
+        self.latency = now - self._ka_sent
+        if self._stats is not None:
+            self._stats.observe_rtt(self.latency)
+        if self._ka_timer is not None:
+            self._ka_timer.cancel()
+        interval = self.config.ping_interval
+        self._ka_timer = None if interval is None else self._loop.call_at(self._ka_sent + interval, self._keepalive_ping)
+
+    def _keepalive_timeout(self, due: float) -> None:
+        self._ka_timer = None
+        if self._proto.state != OPEN or self._ka_payload is None:
+            return
+        late = self._loop.time() - due
+        timeout = self.config.ping_timeout or 0.0
+        if late > max(1.0, timeout / 2):
+            # The timer fired far too late: our own loop was blocked, so the
+            # missing pong proves nothing about the peer. Give it another turn.
+            logger.warning("conn %d: keepalive check ran %.1fs late: the event loop was blocked; not closing", self.num, late)
+            self._ka_timer = self._loop.call_later(timeout, self._keepalive_timeout, self._loop.time() + timeout)
+            return
+        logger.info(
+            "conn %d %s: no pong within %ss (ping_timeout): the peer is gone or stuck; closing with 1011",
+            self.num, format_address(self.remote_address), timeout,
+        )  # fmt: skip
+        self.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+
+    def _idle_check(self) -> None:
+        """Every idle_timeout / 4: a connection that received no message in
+        four checks in a row (idle for idle_timeout to 1.25 x) is closed."""
+        self._idle_timer = None
+        if self._proto.state != OPEN:
+            return
+        timeout = self.config.idle_timeout or 0.0
+        if self._received != self._idle_seen:
+            self._idle_seen = self._received
+            self._idle_quiet = 0
+        else:
+            self._idle_quiet += 1
+            if self._idle_quiet >= 4:
+                logger.info("conn %d %s: no message for %ss (idle_timeout); closing", self.num, format_address(self.remote_address), timeout)
+                self.close(CloseCode.NORMAL_CLOSURE, "idle timeout")
+                return
+        self._idle_timer = self._loop.call_later(timeout / 4, self._idle_check)
 
     # -- the protocol's deadline --------------------------------------------
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
@@ -61,14 +60,9 @@ class ServerConnection:
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
         self._task: asyncio.Task[Any] | None = None
-        self._ka_timer: asyncio.TimerHandle | None = None
-        self._ka_payload: bytes | None = None
-        self._ka_due = 0.0
         self._high = 0
         self._low = 0
         self._queue_paused = False
-        #: Round-trip time of the last keepalive ping, in seconds.
-        self.latency: float = 0.0
         self._logger: logging.LoggerAdapter[Any] | None = None
         self._server_logger: "logging.Logger | logging.LoggerAdapter[Any] | None" = None
         #: Set by :func:`fastws.basic_auth` to the authenticated user.
@@ -118,6 +112,12 @@ class ServerConnection:
     @property
     def id(self) -> Any:
         return self._conn.id
+
+    @property
+    def latency(self) -> float:
+        """Round-trip time of the last ping answered (keepalive or
+        :meth:`ping`), in seconds; 0 until one is."""
+        return float(self._conn.latency)
 
     @property
     def logger(self) -> logging.LoggerAdapter[Any]:
@@ -323,8 +323,6 @@ class ServerConnection:
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._run())
         conn.track_task(self._task)
-        if conn.config.ping_interval is not None:
-            self._ka_timer = loop.call_later(conn.config.ping_interval, self._keepalive_ping)
 
     def _on_message(self, conn: Connection, data: bytes, is_text: bool) -> None:
         messages = self._messages
@@ -339,10 +337,6 @@ class ServerConnection:
 
     def _on_pong(self, conn: Connection, data: bytes) -> None:
         now = time.monotonic()
-        if data == self._ka_payload:
-            self._ka_payload = None
-            self.latency = now - self._ka_due
-            self._schedule_keepalive()
         entry = self._pings.get(data)
         if entry is None:
             return  # unsolicited pong: ignored (RFC 6455 section 5.5.3)
@@ -352,7 +346,7 @@ class ServerConnection:
             if not waiter.done():
                 waiter.set_result(now - sent)
             if payload == data:
-                self.latency = now - sent
+                conn.latency = now - sent
                 break
 
     def _on_drain(self, conn: Connection) -> None:
@@ -362,9 +356,6 @@ class ServerConnection:
                 waiter.set_result(None)
 
     def _on_close(self, conn: Connection, code: int, reason: str) -> None:
-        if self._ka_timer is not None:
-            self._ka_timer.cancel()
-            self._ka_timer = None
         waiter = self._recv_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -399,51 +390,6 @@ class ServerConnection:
             return
         if conn.state is State.OPEN:
             conn.close(CloseCode.NORMAL_CLOSURE, "")
-
-    def _schedule_keepalive(self) -> None:
-        conn = self._conn
-        if self._ka_timer is not None:
-            self._ka_timer.cancel()
-            self._ka_timer = None
-        if conn.state is State.OPEN and conn.config.ping_interval is not None:
-            self._ka_timer = asyncio.get_running_loop().call_later(conn.config.ping_interval, self._keepalive_ping)
-
-    def _keepalive_ping(self) -> None:
-        conn = self._conn
-        self._ka_timer = None
-        if conn.state is not State.OPEN:
-            return
-        payload = struct.pack("!I", int.from_bytes(os.urandom(4), "big"))
-        self._ka_payload = payload
-        self._ka_due = time.monotonic()
-        conn.ping(payload)
-        timeout = conn.config.ping_timeout
-        if timeout is not None:
-            self._ka_timer = asyncio.get_running_loop().call_later(timeout, self._keepalive_timeout, time.monotonic() + timeout)
-
-    def _keepalive_timeout(self, due: float) -> None:
-        conn = self._conn
-        self._ka_timer = None
-        if conn.state is not State.OPEN or self._ka_payload is None:
-            return
-        late = time.monotonic() - due
-        timeout = conn.config.ping_timeout or 0.0
-        if late > max(1.0, timeout / 2):
-            # The timer fired far too late: our own loop was blocked, so the
-            # missing pong proves nothing about the peer. Give it another turn.
-            logger.warning(
-                "conn %d: keepalive check ran %.1fs late: the event loop was blocked; not closing",
-                conn.num,
-                late,
-            )
-            self._ka_timer = asyncio.get_running_loop().call_later(timeout, self._keepalive_timeout, time.monotonic() + timeout)
-            return
-        logger.info(
-            "conn %d: no pong within %ss (ping_timeout): the peer is gone or stuck; closing with 1011",
-            conn.num,
-            timeout,
-        )
-        conn.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
 
 
 def _fragment_opcode(first: Data, text: bool | None) -> int:

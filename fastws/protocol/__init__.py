@@ -13,9 +13,14 @@ from typing import TYPE_CHECKING
 
 from .._select import pick
 
-__all__ = ["ServerProtocol"]
+__all__ = ["RTT_BUCKETS", "ServerProtocol", "Stats"]
 
 if TYPE_CHECKING:
+    from ._server_py import RTT_BUCKETS as RTT_BUCKETS
     from ._server_py import ServerProtocol as ServerProtocol
+    from ._server_py import Stats as Stats
 else:
-    ServerProtocol = pick("fastws.protocol._server_c", "fastws.protocol._server_py").ServerProtocol
+    _module = pick("fastws.protocol._server_c", "fastws.protocol._server_py")
+    ServerProtocol = _module.ServerProtocol
+    Stats = _module.Stats
+    RTT_BUCKETS = _module.RTT_BUCKETS

@@ -17,8 +17,21 @@ cdef int PENDING_NONE, PENDING_CLOSE, PENDING_FAIL
 
 
 @cython.final
+cdef class Stats:
+    cdef public unsigned long long text_in, binary_in, text_bytes_in, binary_bytes_in
+    cdef public unsigned long long text_out, binary_out, text_bytes_out, binary_bytes_out
+    cdef public unsigned long long write_pauses, slow_readers_dropped, rtt_count
+    cdef public double rtt_sum
+    cdef public dict handshakes, close_sent, close_rcvd, paths
+    cdef public list rtt_buckets
+
+
+
+@cython.final
 cdef class ServerProtocol:
     cdef readonly object config          #: the server's frozen Config
+    cdef readonly Stats stats            #: the server's counters, None when metrics are off
+    cdef int _out_opcode                 #: opcode of the fragmented message being sent (stats)
     cdef readonly Py_ssize_t num         #: connection number in log lines
     cdef public object peer              #: the peer's address (the real client's behind a trusted proxy), for log lines
     cdef readonly int state              #: CONNECTING, OPEN, CLOSING or CLOSED (fastws.State values)
@@ -55,8 +68,9 @@ cdef class ServerProtocol:
 
     # The per-message path: C calls from the connection, typed locals.
     cpdef receive_data(self, bytes data)
-    @cython.locals(reader=FrameReader, event=tuple, opcode=int)
+    @cython.locals(reader=FrameReader, event=tuple, opcode=int, stats=Stats)
     cpdef object next_event(self)
+    @cython.locals(opcode=int, frame=bytes, size=Py_ssize_t, stats=Stats)
     cpdef send_message(self, object data, object text=*)
     cpdef bint send_encoded(self, bytes frame)
     cpdef _append(self, bytes data)

@@ -52,7 +52,7 @@ from .http import (
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["ServerProtocol"]
+__all__ = ["RTT_BUCKETS", "ServerProtocol", "Stats"]
 
 logger = logging.getLogger("fastws")
 
@@ -82,6 +82,73 @@ PENDING_FAIL: int = 2  # a protocol error: fail the connection
 CLOSE_EVENT: tuple[int, bytes] = (OP_CLOSE, b"")
 
 SelectSubprotocol = Callable[[Sequence[str]], "str | None"]
+
+
+#: Upper bounds (seconds) of the ping round-trip histogram's buckets.
+#: Distinct request paths counted; a client cannot grow the table further.
+MAX_PATHS = 1024
+RTT_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Stats:
+    """Counters of one server process, shared by all its connections.
+
+    Present only when metrics are on (``Config.metrics`` or the dashboard):
+    the protocol and the connection test ``stats is not None`` and do
+    nothing more when they are off. Message counters are C integers in the
+    compiled build, bumped where a message is parsed or framed. Bytes are
+    payload bytes on the wire (compressed, with permessage-deflate).
+    """
+
+    def __init__(self) -> None:
+        self.text_in = 0
+        self.binary_in = 0
+        self.text_bytes_in = 0
+        self.binary_bytes_in = 0
+        self.text_out = 0
+        self.binary_out = 0
+        self.text_bytes_out = 0
+        self.binary_bytes_out = 0
+        #: Times a connection's write buffer went over write_limit.
+        self.write_pauses = 0
+        #: Connections dropped for letting more than max_write_buffer pile up.
+        self.slow_readers_dropped = 0
+        #: Handshake answers by HTTP status (101 = opened).
+        self.handshakes: dict[int, int] = {}
+        #: Close codes of connections that ended, sent and received (1006:
+        #: none received).
+        self.close_sent: dict[int, int] = {}
+        self.close_rcvd: dict[int, int] = {}
+        #: Opened connections by request path.
+        self.paths: dict[str, int] = {}
+        #: Ping round trips: count per RTT_BUCKETS bucket (+ one for +Inf).
+        self.rtt_buckets: list[int] = [0] * (len(RTT_BUCKETS) + 1)
+        self.rtt_count = 0
+        self.rtt_sum = 0.0
+
+    def opened(self, path: str) -> None:
+        """A connection opened (101) on ``path`` (query left out; at most
+        MAX_PATHS distinct paths, the rest count as "(other)")."""
+        self.handshakes[101] = self.handshakes.get(101, 0) + 1
+        path = path.partition("?")[0]
+        paths = self.paths
+        if path not in paths and len(paths) >= MAX_PATHS:
+            path = "(other)"
+        paths[path] = paths.get(path, 0) + 1
+
+    def refused(self, status: int) -> None:
+        """A handshake answered over HTTP with ``status``."""
+        self.handshakes[status] = self.handshakes.get(status, 0) + 1
+
+    def observe_rtt(self, seconds: float) -> None:
+        """A ping's round trip."""
+        i = 0
+        n = len(RTT_BUCKETS)
+        while i < n and seconds > RTT_BUCKETS[i]:
+            i += 1
+        self.rtt_buckets[i] += 1
+        self.rtt_count += 1
+        self.rtt_sum += seconds
 
 
 class ServerProtocol:
@@ -114,8 +181,11 @@ class ServerProtocol:
         subprotocols: Sequence[str] | None = None,
         origins: Sequence[str | re.Pattern[str] | None] | None = None,
         now: float = 0.0,
+        stats: "Stats | None" = None,
     ) -> None:
         self.config = config
+        #: The server's counters, or None when metrics are off.
+        self.stats = stats
         #: Connection number used in log lines.
         self.num = num
         #: The peer's address, for log lines.
@@ -154,6 +224,7 @@ class ServerProtocol:
         self._fail_reason = ""
         self._held = False
         self._stopped = False
+        self._out_opcode = OP_BINARY  #: opcode of the fragmented message being sent (stats)
 
     # -- handshake ------------------------------------------------------
 
@@ -388,6 +459,14 @@ class ServerProtocol:
                         return self._failed(
                             CloseCode.MESSAGE_TOO_BIG, f"message of {len(event[1])} bytes exceeds max_message_size"
                         )
+                    stats = self.stats
+                    if stats is not None:
+                        if opcode == OP_TEXT:
+                            stats.text_in += 1
+                            stats.text_bytes_in += len(event[1])
+                        else:
+                            stats.binary_in += 1
+                            stats.binary_bytes_in += len(event[1])
                     return event
             elif opcode == OP_PING:
                 # Answered until the peer's close arrives, ours sent or not
@@ -408,6 +487,14 @@ class ServerProtocol:
                 # above, so uncompressed messages never test for it.
                 if self.state == OPEN or self.state == CLOSING:
                     is_text = opcode == OP_TEXT | FLAG_RSV1
+                    stats = self.stats
+                    if stats is not None:
+                        if is_text:
+                            stats.text_in += 1
+                            stats.text_bytes_in += len(event[1])
+                        else:
+                            stats.binary_in += 1
+                            stats.binary_bytes_in += len(event[1])
                     try:
                         data = self.deflate.inflate(event[1], is_text)
                     except ProtocolError as exc:
@@ -583,7 +670,18 @@ class ServerProtocol:
         else:
             frame = self.deflate.frame(opcode, data)
         self.out.append(frame)
-        self.out_size += len(frame)
+        size = len(frame)
+        self.out_size += size
+        stats = self.stats
+        if stats is not None:
+            # Payload bytes: the frame minus the server's unmasked header.
+            size -= 2 if size < 128 else 4 if size < 65540 else 10
+            if opcode == OP_TEXT:
+                stats.text_out += 1
+                stats.text_bytes_out += size
+            else:
+                stats.binary_out += 1
+                stats.binary_bytes_out += size
 
     def send_frame(self, opcode: int, data: str | bytes | bytearray | memoryview, fin: bool = True) -> None:
         """Queue one data frame of a fragmented message (0 = continuation).
@@ -594,9 +692,14 @@ class ServerProtocol:
         if self.state != OPEN:
             raise self.close_exc
         if self.deflate is None:
-            self._append(self._writer.frame(opcode, data, fin))
+            frame = self._writer.frame(opcode, data, fin)
         else:
-            self._append(self.deflate.fragment(opcode, data, fin))
+            frame = self.deflate.fragment(opcode, data, fin)
+        self._append(frame)
+        if self.stats is not None:
+            if opcode:
+                self._out_opcode = opcode
+            self._count_out(self._out_opcode, len(frame), fin)
 
     def send_ping(self, data: str | bytes = b"") -> None:
         """Queue a ping. Raises :class:`ConnectionClosed` unless OPEN."""
@@ -619,7 +722,24 @@ class ServerProtocol:
             return False
         self.out.append(frame)
         self.out_size += len(frame)
+        if self.stats is not None:
+            self._count_out(frame[0] & 0x0F, len(frame), True)
         return True
+
+    def _count_out(self, opcode: int, frame_size: int, message: bool) -> None:
+        """Count a data frame sent by send_frame or send_encoded (the hot
+        send_message counts inline); ``message``: the last of its message."""
+        stats = self.stats
+        assert stats is not None
+        size = frame_size - (2 if frame_size < 128 else 4 if frame_size < 65540 else 10)
+        if opcode == OP_TEXT:
+            stats.text_bytes_out += size
+            if message:
+                stats.text_out += 1
+        else:
+            stats.binary_bytes_out += size
+            if message:
+                stats.binary_out += 1
 
     def _append(self, data: bytes) -> None:
         self.out.append(data)
