@@ -9,6 +9,8 @@
 - ``aiohttp``          — an ``aiohttp.web`` app with a ``WebSocketResponse`` echo;
 - ``picows-uvloop``    — the picows echo with ``use_aiofastnet=False`` (uvloop's
   transport instead of picows' default aiofastnet one), for reference.
+- ``fastws-callback-metrics`` — ``fastws-callback`` with ``metrics=True``: the
+  per-message counters on (issue 11: its cost against metrics off).
 - ``fastws-callback-hashlib`` — ``fastws-callback`` with the server's accept-key
   function replaced by the pure twin's (``hashlib.sha1`` + ``base64``) instead
   of the compiled hand-written SHA-1, for ``python -m bench.handshakes``.
@@ -96,6 +98,14 @@ async def _fastws_callback(host: str, port: int, max_size: int, ssl: SSLContext 
     from fastws.demo import EchoHandler
 
     return await fastws.serve(EchoHandler, host, port, access_log=False, max_message_size=max_size, ssl=ssl)
+
+
+async def _fastws_callback_metrics(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    """``fastws-callback`` with metrics on: every message counted (issue 11)."""
+    import fastws
+    from fastws.demo import EchoHandler
+
+    return await fastws.serve(EchoHandler, host, port, access_log=False, max_message_size=max_size, ssl=ssl, metrics=True)
 
 
 async def _fastws_callback_hashlib(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
@@ -285,6 +295,8 @@ SERVERS: dict[str, ServerStart] = {
     # Not in the default comparison: fastws-callback with hashlib's SHA-1
     # for the accept key (python -m bench.handshakes).
     "fastws-callback-hashlib": _fastws_callback_hashlib,
+    # Not in the default comparison: metrics on (counters per message).
+    "fastws-callback-metrics": _fastws_callback_metrics,
     # Not in the default comparison: wss:// (is_tls), issue 10.
     "fastws-callback-tls": _fastws_callback,
     "picows-tls": _picows,

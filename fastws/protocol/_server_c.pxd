@@ -68,7 +68,7 @@ cdef class ServerProtocol:
 
     # The per-message path: C calls from the connection, typed locals.
     cpdef receive_data(self, bytes data)
-    @cython.locals(reader=FrameReader, event=tuple, opcode=int, stats=Stats)
+    @cython.locals(reader=FrameReader, event=tuple, opcode=int, stats=Stats, payload=bytes)
     cpdef object next_event(self)
     @cython.locals(opcode=int, frame=bytes, size=Py_ssize_t, stats=Stats)
     cpdef send_message(self, object data, object text=*)

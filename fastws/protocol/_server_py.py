@@ -461,12 +461,13 @@ class ServerProtocol:
                         )
                     stats = self.stats
                     if stats is not None:
+                        payload = event[1]
                         if opcode == OP_TEXT:
                             stats.text_in += 1
-                            stats.text_bytes_in += len(event[1])
+                            stats.text_bytes_in += len(payload)
                         else:
                             stats.binary_in += 1
-                            stats.binary_bytes_in += len(event[1])
+                            stats.binary_bytes_in += len(payload)
                     return event
             elif opcode == OP_PING:
                 # Answered until the peer's close arrives, ours sent or not
@@ -489,12 +490,13 @@ class ServerProtocol:
                     is_text = opcode == OP_TEXT | FLAG_RSV1
                     stats = self.stats
                     if stats is not None:
+                        payload = event[1]
                         if is_text:
                             stats.text_in += 1
-                            stats.text_bytes_in += len(event[1])
+                            stats.text_bytes_in += len(payload)
                         else:
                             stats.binary_in += 1
-                            stats.binary_bytes_in += len(event[1])
+                            stats.binary_bytes_in += len(payload)
                     try:
                         data = self.deflate.inflate(event[1], is_text)
                     except ProtocolError as exc:
