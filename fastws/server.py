@@ -223,7 +223,13 @@ class ServerState:
     def all_snapshots(self) -> list[dict[str, Any]]:
         """One snapshot per worker (just this one without workers)."""
         own = self.snapshot()
-        return [own] if self.share is None else self.share.read_all(own)
+        if self.share is None:
+            return [own]
+        # Published first: whatever a scrape shows of this worker is on
+        # disk, so a later scrape answered by another worker (or a
+        # successor of this one) never shows less.
+        self.share.publish(own)
+        return self.share.read_all(own)
 
     async def watch(self) -> None:
         """While counting: measure event-loop lag every 0.5 s and publish

@@ -837,6 +837,12 @@ class Connection:
             logger.warning("conn %d: keepalive check ran %.1fs late: the event loop was blocked; not closing", self.num, late)
             self._ka_timer = self._loop.call_later(timeout, self._keepalive_timeout, self._loop.time() + timeout)
             return
+        if late > 0.05:
+            # Late, but not by much: uvloop runs due timers before it reads
+            # the sockets, so a pong may be waiting unread. Look again once
+            # the loop has read them.
+            self._ka_timer = self._loop.call_later(0.01, self._keepalive_timeout, self._loop.time() + 0.01)
+            return
         logger.info(
             "conn %d %s: no pong within %ss (ping_timeout): the peer is gone or stuck; closing with 1011",
             self.num, format_address(self.remote_address), timeout,

@@ -51,3 +51,18 @@ async def burst(ws):  # type: ignore[no-untyped-def]
     async for message in ws:
         for i in range(int(message.split()[1])):
             await ws.send(b"%08d" % i + b"\x00" * (65536 - 8))
+
+
+class Blocker(Handler):
+    """Callback level: on ``block S``, block the event loop for S seconds
+    (``time.sleep``, as a careless handler would), then say ``blocked``;
+    echo anything else."""
+
+    def on_message(self, ws, data, is_text):  # type: ignore[no-untyped-def]
+        import time
+
+        if data.startswith(b"block "):
+            time.sleep(float(data.split()[1]))
+            ws.send("blocked")
+        else:
+            ws.send(data, is_text)
