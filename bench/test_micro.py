@@ -427,3 +427,52 @@ def test_accept_key(benchmark: Any, impl: Any) -> None:
     else:
         out = benchmark(impl.accept_key, WS_KEY)
     assert out == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+# -- the per-message cost of metrics (issue 11) ------------------------------------
+#
+# group "protocol echo 16 x 64 B": the compiled sans-I/O ServerProtocol of an
+# open connection parses one read of 16 masked 64-byte frames and frames the
+# 16 echoes, with the server's counters off (stats=None, the default) and on
+# (a Stats object): what metrics add per message, without sockets, the event
+# loop or the load generator in the measurement.
+
+UPGRADE_REQUEST = (
+    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def _open_protocol(stats: Any) -> Any:
+    from fastws.protocol import ServerProtocol
+
+    proto = ServerProtocol(fastws.Config(compression=None), stats=stats)
+    request = proto.receive_request(UPGRADE_REQUEST)
+    assert proto.accept(request) is None
+    proto.send_response(None)
+    proto.output_written()
+    return proto
+
+
+@pytest.mark.skipif(not fastws.COMPILED, reason="compiled build not present")
+@pytest.mark.parametrize("metrics", ["off", "on"])
+def test_protocol_echo(benchmark: Any, metrics: str) -> None:
+    from fastws.protocol import Stats
+
+    stats = Stats() if metrics == "on" else None
+    proto = _open_protocol(stats)
+    chunk = _frame_py.encode_frame(OP_BINARY, b"x" * 64, mask=KEY) * 16
+
+    def echo() -> None:
+        proto.receive_data(chunk)
+        while True:
+            event = proto.next_event()
+            if event is None:
+                break
+            proto.send_message(event[1])
+        proto.output_written()
+
+    benchmark.group = "protocol echo 16 x 64 B"
+    benchmark(echo)
+    if stats is not None:
+        assert stats.binary_in == stats.binary_out > 0
