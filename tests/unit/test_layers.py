@@ -287,3 +287,17 @@ def test_a_missing_build_means_all_twins(tmp_path: Path, missing: str) -> None:
         "fastws.codec._frame_py",
     )
     assert "compiled modules not built (fastws." + missing.replace("/", ".") + ")" in res.stderr
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject.toml lists packages by name: a new subpackage missing from
+    the list works in an editable install and is absent from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        "fastws" + ("." + ".".join(init.parent.relative_to(PACKAGE).parts) if init.parent != PACKAGE else "")
+        for init in PACKAGE.rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert found == listed, (found - listed, listed - found)
