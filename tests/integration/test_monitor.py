@@ -282,3 +282,20 @@ async def test_cli_prometheus_port() -> None:
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples[("fastws_monitor_up", (("url", url),))] == 1.0
     assert ("fastws_monitor_phase_seconds", (("phase", "ping"), ("url", url))) in samples
+
+
+async def test_a_slow_endpoint_never_delays_the_others() -> None:
+    """Two endpoints every 0.2 s for 1.5 s: one answers at once, one never
+    pongs (each check takes its whole 1 s timeout). The fast one keeps its
+    schedule."""
+    counts: dict[str, int] = {}
+    async with serving(EchoHandler) as (_, fast), raw_server(deaf) as slow:
+        endpoints = [Endpoint(fast, {"timeout": 1.0}), Endpoint(slow, {"timeout": 1.0})]
+        monitor = Monitor(endpoints, 0.2, lambda e, r: counts.__setitem__(e.url, counts.get(e.url, 0) + 1))
+        runner = asyncio.ensure_future(monitor.run())
+        await asyncio.sleep(1.5)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    assert counts.get(fast, 0) >= 5, counts
+    assert counts.get(slow, 0) <= 2, counts
+    assert endpoints[1].last is not None and endpoints[1].last.failure == "no_pong"
