@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib
 import os
 import re
 import socket
@@ -114,12 +115,12 @@ def _days_left(ssl_object: Any) -> float | None:
     der = ssl_object.getpeercert(binary_form=True)
     if der is None:
         return None
-    try:  # not verified (--insecure): read the certificate itself
-        from cryptography import x509
+    try:  # not verified (--insecure): read the certificate itself, if cryptography is installed
+        x509: Any = importlib.import_module("cryptography.x509")
     except ImportError:
         return None
     not_after = x509.load_der_x509_certificate(der).not_valid_after_utc
-    return (not_after.timestamp() - time.time()) / 86400
+    return float(not_after.timestamp() - time.time()) / 86400
 
 
 class _Frames:
