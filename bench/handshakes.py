@@ -73,6 +73,7 @@ from ssl import SSLContext
 from typing import Any
 
 from bench import tls
+from fastws.bench.loadgen import describe_tls
 from bench.run import _free_port, _stop, _wait_ready, code_env, pinning_warnings, server_command
 from bench.servers import SERVERS, is_tls
 
@@ -246,7 +247,7 @@ async def _client(
             await asyncio.sleep(0.01)
             continue
         if context is not None and stats.tls is None:
-            stats.tls = tls.describe(transport.get_extra_info("ssl_object"))
+            stats.tls = describe_tls(transport.get_extra_info("ssl_object"))
         result = await done
         if result is None:
             stats.completed += 1

@@ -393,7 +393,7 @@ def run_one(
             else:
                 row["fastws_build"] = ready.rpartition("fastws-build=")[2] or "-"
                 cmd = [
-                    sys.executable, "-m", "bench.loadgen", url,
+                    sys.executable, "-m", "fastws.bench.loadgen", url,
                     "--conns", str(opts.conns), "--pipeline", str(opts.pipeline), "--size", str(opts.size),
                     "--duration", str(opts.duration), "--warmup", str(opts.warmup),
                     "--procs", str(opts.procs), "--server-pid", str(proc.pid), "--json",
@@ -401,7 +401,7 @@ def run_one(
                 if opts.text:
                     cmd.append("--text")
                 if tls_dir is not None and is_tls(server):
-                    cmd += ["--cafile", str(tls_dir / tls.CERT_FILE)]
+                    cmd += ["--cafile", str(tls_dir / tls.CERT_FILE), "--ecdh-curve", tls.GROUP]
                 if loadgen_cpus:
                     cmd += ["--cpus", ",".join(map(str, sorted(loadgen_cpus)))]
                 lg = subprocess.run(

@@ -20,7 +20,7 @@ import datetime
 import ssl
 from pathlib import Path
 
-__all__ = ["CERT_FILE", "GROUP", "KEY_FILE", "SETTINGS", "client_context", "describe", "make_cert", "server_context"]
+__all__ = ["CERT_FILE", "GROUP", "KEY_FILE", "SETTINGS", "client_context", "make_cert", "server_context"]
 
 CERT_FILE = "cert.pem"
 KEY_FILE = "key.pem"
@@ -85,17 +85,11 @@ def server_context(directory: Path) -> ssl.SSLContext:
 
 def client_context(cafile: str | Path | None) -> ssl.SSLContext:
     """The clients' context: verifies the server against ``cafile`` (the
-    system's CAs when None), offers P-256 only."""
-    context = ssl.create_default_context(cafile=None if cafile is None else str(cafile))
-    # OpenSSL sends a key share for its first group only: with X25519 first
-    # and a P-256-only server, every handshake would take a HelloRetryRequest.
-    context.set_ecdh_curve(GROUP)
-    return context
+    system's CAs when None), offers P-256 only (OpenSSL sends a key share for
+    its first group only: with X25519 first and a P-256-only server, every
+    handshake would take a HelloRetryRequest)."""
+    # Imported here: the servers (possibly an older fastws, for @base) import
+    # this module too, and need none of the client side.
+    from fastws.bench.loadgen import client_context as load_context
 
-
-def describe(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
-    """``TLSv1.3 TLS_AES_256_GCM_SHA384`` for a connection's SSL object."""
-    if ssl_object is None:
-        return None
-    cipher = ssl_object.cipher()
-    return f"{ssl_object.version()} {cipher[0] if cipher else '?'}"
+    return load_context(None if cafile is None else str(cafile), ecdh_curve=GROUP)

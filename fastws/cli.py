@@ -34,6 +34,7 @@ from . import _select
 from ._version import __version__
 from .config import Config, Option, options
 from .server import resolve_handler, serve, tls_context
+from .bench import command as bench_command
 from .monitor import command as monitor_command
 from .supervisor import Supervisor
 
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target", nargs="?", default=DEMO_TARGET, help=f"module:attribute (default: {DEMO_TARGET})")
     add_config_flags(s)
     monitor_command.add_parser(sub)
+    bench_command.add_parser(sub)
     return parser
 
 
@@ -421,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "monitor":
         return monitor_command.run(args)
+    if args.command == "bench":
+        return bench_command.run(args)
     if args.command != "serve":
         parser.print_help()
         return 2

@@ -66,3 +66,20 @@ class Blocker(Handler):
             ws.send("blocked")
         else:
             ws.send(data, is_text)
+
+
+class WrongEcho(Handler):
+    """Callback level: echo with the last byte changed (a broken server for ``fastws bench``)."""
+
+    def on_message(self, ws, data, is_text):  # type: ignore[no-untyped-def]
+        ws.send(data[:-1] + (b"?" if data[-1:] != b"?" else b"!"), is_text)
+
+
+class Answers200(Handler):
+    """Answers every request with 200 instead of upgrading."""
+
+    def process_request(self, ws, request):  # type: ignore[no-untyped-def]
+        return ws.respond(200, "no WebSocket here\n")
+
+    def on_message(self, ws, data, is_text):  # type: ignore[no-untyped-def]
+        pass

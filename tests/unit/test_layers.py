@@ -23,7 +23,7 @@ PACKAGE = Path(fastws.__file__).parent
 COMPILED_LINKS = {"protocol/_server_c.py", "connection/_connection_c.py"}
 
 # Each layer may import the layers listed after it, never one before it.
-LAYERS = ["cli", "supervisor", "monitor", "server", "dashboard", "metrics", "faces", "connection", "protocol", "codec", "base"]
+LAYERS = ["cli", "supervisor", "monitor", "bench", "server", "dashboard", "metrics", "faces", "connection", "protocol", "codec", "base"]
 BASE = {"types", "exceptions", "config", "_select", "_version"}
 
 

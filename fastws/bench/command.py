@@ -1,0 +1,100 @@
+"""``fastws bench URL``: load-test a WebSocket server with a named scenario.
+
+Each scenario is bounded in time (``--warmup`` + ``--duration``) and in
+connections; options given on the command line override its settings.
+Exit status: 0 when the run had no error, 1 when it had errors (wrong
+echoes, protocol errors, unexpected closes, lost connections) or could not
+run, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import loadgen
+
+__all__ = ["SCENARIOS", "add_parser", "run"]
+
+#: name -> (what it measures, its settings).
+SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
+    "pipelined": ("throughput: many connections, many messages in flight each", {"conns": 64, "pipeline": 16, "size": 64}),
+    "rr": ("request/response latency: one message in flight", {"conns": 1, "pipeline": 1, "size": 64}),
+    "large": ("large messages (64 KiB; --size 1048576 for 1 MiB), one in flight per connection", {"conns": 8, "pipeline": 1, "size": 65536}),
+}
+
+
+def add_parser(sub: Any) -> None:
+    b = sub.add_parser(
+        "bench",
+        help="load-test any WebSocket server",
+        description="Load-test a WebSocket echo endpoint (yours or anyone's): throughput, latency percentiles, errors "
+        "by kind, and whether the load generator itself was the limit. See docs/bench.md.",
+    )
+    b.add_argument("url", help="ws:// or wss:// URL of an endpoint that echoes what it receives")
+    b.add_argument(
+        "--scenario", default="pipelined", choices=sorted(SCENARIOS),
+        help="; ".join(f"{name}: {what}" for name, (what, _) in SCENARIOS.items()) + " (default: pipelined)",
+    )  # fmt: skip
+    b.add_argument("--connections", "-c", type=int, help="connections (default: the scenario's)")
+    b.add_argument("--in-flight", type=int, help="messages in flight per connection (default: the scenario's)")
+    b.add_argument("--size", type=int, help="message size in bytes (default: the scenario's)")
+    b.add_argument("--duration", type=float, default=5.0, help="measured seconds (default: 5)")
+    b.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring (default: 1)")
+    kind = b.add_mutually_exclusive_group()
+    kind.add_argument("--text", action="store_true", help="send text messages")
+    kind.add_argument("--binary", action="store_true", help="send binary messages (the default)")
+    b.add_argument("--procs", type=int, default=1, help="load-generator processes (default: 1)")
+    b.add_argument("--server-pid", default="auto", help="PID of the server to measure: 'auto' (a local listener), a PID, or 'none'")
+    b.add_argument("--insecure", action="store_true", help="wss://: accept any certificate (test certificates)")
+    b.add_argument("--cafile", help="wss://: trust the certificates in this PEM file")
+    b.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
+
+
+def config_from(args: argparse.Namespace) -> loadgen.LoadConfig:
+    """The load of the scenario, with the command line's overrides."""
+    settings = dict(SCENARIOS[args.scenario][1])
+    for option, key in (("connections", "conns"), ("in_flight", "pipeline"), ("size", "size")):
+        value = getattr(args, option)
+        if value is not None:
+            settings[key] = value
+    if settings["conns"] < 1 or settings["pipeline"] < 1 or settings["size"] < 0:
+        raise ValueError("--connections and --in-flight must be at least 1, --size at least 0")
+    if args.duration <= 0 or args.warmup < 0 or args.procs < 1:
+        raise ValueError("--duration must be positive, --warmup at least 0, --procs at least 1")
+    parts = urlsplit(args.url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"{args.url!r} is not a ws:// or wss:// URL")
+    pid: int | None
+    if args.server_pid == "none":
+        pid = None
+    elif args.server_pid == "auto":
+        local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        pid = loadgen.find_listener_pid(parts.hostname, parts.port or (443 if parts.scheme == "wss" else 80)) if local else None
+    else:
+        pid = int(args.server_pid)
+    return loadgen.LoadConfig(
+        url=args.url, duration=args.duration, warmup=args.warmup, text=args.text, procs=args.procs,
+        server_pid=pid, cafile=args.cafile, insecure=args.insecure, **settings,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from(args)
+    except ValueError as exc:
+        sys.stderr.write(f"fastws: error: {exc}\n")
+        return 2
+    if loadgen.CODEC_NAME != "compiled":
+        sys.stderr.write("fastws bench: the compiled codec is not built; the pure-Python parser makes the load generator slow\n")
+    result = loadgen.run_load(cfg)
+    result["scenario"] = args.scenario
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        sys.stdout.write(f"scenario {args.scenario}: {SCENARIOS[args.scenario][0]}\n" + loadgen.format_report(result) + "\n")
+    errors = sum(result.get("errors", {}).values())
+    return 1 if result.get("fatal") or errors else 0

@@ -1,0 +1,927 @@
+"""A WebSocket load generator fast enough not to be the bottleneck.
+
+Scenario "pipelined echo": ``--conns`` connections each keep ``--pipeline``
+messages of ``--size`` bytes in flight; every echo that comes back is answered
+with one new message, so the server always has work queued. After
+``--warmup`` seconds the figures of a ``--duration`` second window are taken:
+
+- messages/s (echoes received in the window / window length);
+- round-trip latency percentiles of each message (send timestamps wait in a
+  per-connection deque, run-length coded as one ``[count, time]`` per write;
+  an echo pops the oldest: echo servers answer in order);
+- CPU seconds of the load generator itself (``getrusage``) and of the server
+  (``psutil`` on ``--server-pid``, children included), the server's RSS, and
+  messages per server CPU-second: the figure that does not care how busy the
+  machine was.
+
+Why it is fast: the client is a bare ``asyncio.Protocol`` on uvloop that
+speaks HTTP/1.1 for the upgrade itself, then uses fastws' own codec. The
+masked message is encoded once; each batch of k echoes parsed from one read
+is answered by one ``write`` of k copies of those bytes (pre-built), so the
+per-message Python work is a parser step, a compare and a deque pop.
+
+wss:// URLs go through the event loop's TLS (uvloop's SSL transport) with
+:func:`client_context`: the server is verified against ``--cafile`` (the
+system's CAs without it; ``--insecure``: not at all) and the negotiated
+version and cipher are reported; the client's TLS work counts in its CPU.
+
+``fastws bench`` (``fastws.bench``) runs it with a scenario's settings;
+``bench/run.py`` runs it as ``python -m fastws.bench.loadgen`` (also
+``python -m bench.loadgen``) against several servers. Usage::
+
+    python -m fastws.bench.loadgen ws://127.0.0.1:9001/ --conns 64 --pipeline 16 --size 64 --duration 5
+    python -m fastws.bench.loadgen ws://127.0.0.1:9001/ --procs 2 --json
+    python -m fastws.bench.loadgen wss://127.0.0.1:9001/ --cafile /tmp/fastws-bench-tls-xyz/cert.pem
+
+Works against any RFC 6455 server (no extension is offered).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import importlib
+import importlib.machinery
+import json
+import math
+import os
+import resource
+import ssl
+import sys
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..codec import frame as _frame
+from ..types import CloseCode
+
+__all__ = ["LoadConfig", "ServerProbe", "format_report", "main", "run_load"]
+
+#: The handshake's GUID (RFC 6455 section 1.3).
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _accept_key(key: bytes) -> bytes:
+    """``Sec-WebSocket-Accept`` for ``key``: once per connection, so hashlib is fast enough."""
+    return base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+
+
+CODEC_NAME = "compiled" if Path(str(getattr(_frame, "__file__", ""))).name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)) else "pure-python"
+OP_TEXT: int = _frame.OP_TEXT
+OP_BINARY: int = _frame.OP_BINARY
+OP_CLOSE: int = _frame.OP_CLOSE
+OP_PING: int = _frame.OP_PING
+OP_PONG: int = _frame.OP_PONG
+
+#: Fraction of a core above which the load generator may be the bottleneck.
+SATURATED = 0.90
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """One load run; sizes in bytes, times in seconds."""
+
+    url: str
+    conns: int = 64
+    pipeline: int = 16
+    size: int = 64
+    duration: float = 5.0
+    warmup: float = 1.0
+    text: bool = False
+    procs: int = 1
+    #: CPUs the load generator is pinned to (None: not pinned).
+    cpus: tuple[int, ...] | None = None
+    #: PID of the server to measure; None for no server figures.
+    server_pid: int | None = None
+    #: For wss:// URLs: the CA certificate(s) to trust (None: the system's),
+    #: or no check at all (test certificates), and the one ECDHE curve to
+    #: offer (None: OpenSSL's list).
+    cafile: str | None = None
+    insecure: bool = False
+    ecdh_curve: str | None = None
+    connect_timeout: float = 10.0
+    close_timeout: float = 3.0
+
+
+# -- TLS ----------------------------------------------------------------------
+
+
+def client_context(cafile: str | None, insecure: bool = False, ecdh_curve: str | None = None) -> ssl.SSLContext:
+    """The load's TLS context: verify against ``cafile`` (the system's CAs
+    when None), or not at all with ``insecure``; ``ecdh_curve`` pins the key
+    exchange (a comparison runner offers the servers' one group only, so no
+    handshake needs a HelloRetryRequest)."""
+    context = ssl.create_default_context(cafile=cafile)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if ecdh_curve is not None:
+        context.set_ecdh_curve(ecdh_curve)
+    return context
+
+
+def describe_tls(ssl_object: Any) -> str | None:
+    """``TLSv1.3 TLS_AES_256_GCM_SHA384``, for the report."""
+    if ssl_object is None:
+        return None
+    cipher = ssl_object.cipher()
+    return f"{ssl_object.version()} {cipher[0] if cipher else '?'}"
+
+
+# -- server side measurements ----------------------------------------------
+
+
+class ServerProbe:
+    """CPU time and RSS of a server process and its children (workers)."""
+
+    def __init__(self, pid: int) -> None:
+        psutil: Any = importlib.import_module("psutil")  # optional: server figures only
+
+        self._psutil = psutil
+        self.pid = pid
+        self._proc = psutil.Process(pid)
+        self.name = " ".join(self._proc.cmdline()[:4]) or self._proc.name()
+
+    def sample(self) -> tuple[float, int]:
+        """``(cpu_seconds, rss_bytes)`` summed over the process tree."""
+        procs = [self._proc]
+        try:
+            procs += self._proc.children(recursive=True)
+        except self._psutil.Error:
+            pass
+        cpu = 0.0
+        rss = 0
+        for p in procs:
+            try:
+                with p.oneshot():
+                    t = p.cpu_times()
+                    cpu += t.user + t.system
+                    rss += p.memory_info().rss
+            except self._psutil.Error:
+                pass  # a worker that just exited: its time is lost, rarely
+        return cpu, rss
+
+
+def find_listener_pid(host: str, port: int) -> int | None:
+    """The PID listening on ``port`` (local servers only), or None."""
+    try:
+        psutil: Any = importlib.import_module("psutil")
+
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+                return int(c.pid)
+    except Exception:  # noqa: BLE001 - best effort: no permission, no psutil
+        return None
+    return None
+
+
+def _self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# -- the client ------------------------------------------------------------
+
+
+class _Shared:
+    """State of one load-generator process, shared by its connections."""
+
+    __slots__ = (
+        "frame",
+        "batches",
+        "payload",
+        "opcode",
+        "mask",
+        "recording",
+        "received",
+        "reads",
+        "rtt_values",
+        "rtt_counts",
+        "expected",
+        "mismatches",
+        "protocol_errors",
+        "lost",
+        "unexpected_closes",
+        "error_samples",
+    )
+
+    def __init__(self, cfg: LoadConfig) -> None:
+        if cfg.text:
+            self.payload = (b"0123456789abcdef" * (cfg.size // 16 + 1))[: cfg.size]
+            self.opcode = OP_TEXT
+        else:
+            self.payload = os.urandom(cfg.size)
+            self.opcode = OP_BINARY
+        self.mask = os.urandom(4)
+        # One masked frame, encoded once; batches[k] is k of them back to back.
+        self.frame = _frame.encode_frame(self.opcode, self.payload, mask=self.mask)
+        # Up to 1 MiB per batch, built once; bigger ones are built per write.
+        kmax = max(1, min(cfg.pipeline, 2**20 // len(self.frame)))
+        self.batches = [self.frame * k for k in range(kmax + 1)]
+        self.recording = False
+        self.received = 0
+        self.reads = 0  #: data_received calls with frames (batching diagnostic)
+        #: Round trips, run-length coded: rtt_counts[i] messages took rtt_values[i] s.
+        self.rtt_values = array("d")
+        self.rtt_counts = array("I")
+        self.expected = (self.opcode, self.payload)
+        self.mismatches = 0
+        self.protocol_errors = 0
+        self.lost = 0
+        self.unexpected_closes = 0
+        self.error_samples: list[str] = []
+
+    def batch(self, n: int) -> bytes:
+        """``n`` copies of the masked frame, back to back."""
+        return self.batches[n] if n < len(self.batches) else bytes(self.frame * n)
+
+    def error(self, text: str) -> None:
+        if len(self.error_samples) < 5:
+            self.error_samples.append(text)
+
+
+class EchoClient(asyncio.Protocol):
+    """One connection: handshake by hand, then pipelined echo."""
+
+    __slots__ = (
+        "shared",
+        "request",
+        "key",
+        "transport",
+        "opened",
+        "closed",
+        "reader",
+        "feed_data",
+        "next_event",
+        "sent",
+        "in_flight",
+        "sending",
+        "is_open",
+        "closing",
+        "head",
+    )
+
+    def __init__(self, shared: _Shared, host: str, path: str, opened: asyncio.Future[None], closed: asyncio.Future[None]) -> None:
+        self.shared = shared
+        self.key = base64.b64encode(os.urandom(16))
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {self.key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
+            "User-Agent: fastws-bench-loadgen\r\n\r\n"
+        ).encode("latin-1")
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.opened = opened
+        self.closed = closed
+        self.reader: Any = None
+        self.feed_data: Any = None
+        self.next_event: Any = None
+        #: Runs of messages in flight: [count, send time], oldest first.
+        self.sent: deque[list[Any]] = deque()
+        self.in_flight = 0
+        self.sending = False
+        self.is_open = False
+        self.closing = False
+        self.head = b""
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.is_open:
+            self._frames(data)
+        else:
+            self._handshake(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closing and self.is_open:
+            self.shared.lost += 1
+            self.shared.error(f"connection lost during the run: {exc!r}")
+        self.is_open = False
+        self.sending = False
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"connection lost during the handshake: {exc!r}"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # handshake
+
+    def _handshake(self, data: bytes) -> None:
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.head) > 65536:
+                self._refuse("handshake response head too large")
+            return
+        head, rest = self.head[:end].decode("latin-1"), self.head[end + 4 :]
+        self.head = b""
+        lines = head.split("\r\n")
+        status = lines[0].split(" ", 2)
+        if len(status) < 2 or status[1] != "101":
+            self._refuse(f"server answered {lines[0]!r} instead of 101")
+            return
+        accept = ""
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "sec-websocket-accept":
+                accept = value.strip()
+        if accept.encode() != _accept_key(self.key):
+            self._refuse(f"bad Sec-WebSocket-Accept {accept!r}")
+            return
+        self.reader = _frame.FrameReader(require_mask=False, max_message_size=None)
+        self.feed_data = self.reader.feed_data
+        self.next_event = self.reader.next_event
+        self.is_open = True
+        self.opened.set_result(None)
+        if rest:
+            self._frames(rest)
+
+    def _refuse(self, why: str) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(why))
+        self.transport.abort()
+
+    # frames
+
+    def start(self, now: float, pipeline: int) -> None:
+        """Put ``pipeline`` messages in flight."""
+        self.sending = True
+        self.transport.write(self.shared.batch(pipeline))
+        self.sent.append([pipeline, now])
+        self.in_flight = pipeline
+
+    def _frames(self, data: bytes) -> None:
+        now = time.perf_counter()
+        shared = self.shared
+        shared.reads += 1
+        next_event = self.next_event
+        self.feed_data(data)
+        # One C-level compare checks the opcode and every payload byte.
+        expected = shared.expected
+        n = 0
+        while True:
+            try:
+                event = next_event()
+            except _frame.ProtocolError as exc:
+                shared.protocol_errors += 1
+                shared.error(f"protocol error {exc.code}: {exc}")
+                self.closing = True
+                self.transport.abort()
+                return
+            if event == expected:
+                n += 1
+            elif event is None:
+                break
+            elif not self._unusual(event):
+                break
+            elif event[0] == OP_TEXT or event[0] == OP_BINARY:
+                n += 1  # a wrong echo, counted by _unusual
+        if n:
+            self._echoed(n, now)
+
+    def _unusual(self, event: tuple[int, bytes]) -> bool:
+        """Handle an event that is not the expected echo; False: stop reading."""
+        shared = self.shared
+        op = event[0]
+        if op == OP_PING:
+            self.transport.write(_frame.encode_frame(OP_PONG, event[1], mask=shared.mask))
+        elif op == OP_PONG:
+            pass
+        elif op == OP_CLOSE:
+            if not self.closing:
+                shared.unexpected_closes += 1
+                shared.error(f"server closed the connection: {_frame.parse_close(event[1])}")
+                self.closing = True
+                self.transport.write(_frame.encode_frame(OP_CLOSE, event[1][:2], mask=shared.mask))
+            self.sending = False
+            return False
+        else:
+            shared.mismatches += 1
+            if op != shared.opcode:
+                shared.error(f"echo has opcode {op:#x}, sent {shared.opcode:#x}")
+            else:
+                shared.error(f"echo differs from the message sent ({len(event[1])} bytes)")
+        return True
+
+    def _echoed(self, n: int, now: float) -> None:
+        """``n`` echoes arrived at ``now``: time them, send ``n`` more."""
+        shared = self.shared
+        if n > self.in_flight:
+            shared.mismatches += n - self.in_flight
+            shared.error(f"{n - self.in_flight} more echoes than messages sent")
+            n = self.in_flight
+        self.in_flight -= n
+        shared.received += n
+        # Send times are run-length coded, [count, time] per write: echoes
+        # come back in order, so the oldest run is the one being answered.
+        sent = self.sent
+        record = shared.recording
+        left = n
+        while left:
+            run = sent[0]
+            k = run[0]
+            if k > left:
+                run[0] = k - left
+                k = left
+            else:
+                sent.popleft()
+            left -= k
+            if record:
+                shared.rtt_values.append(now - run[1])
+                shared.rtt_counts.append(k)
+        if self.sending:
+            batches = shared.batches
+            self.transport.write(batches[n] if n < len(batches) else shared.frame * n)
+            sent.append([n, now])
+            self.in_flight += n
+
+    def stop(self) -> None:
+        """Stop sending and start the closing handshake (1000)."""
+        self.sending = False
+        if self.is_open and not self.closing and not self.transport.is_closing():
+            self.closing = True
+            self.transport.write(_frame.encode_frame(OP_CLOSE, _frame.close_payload(CloseCode.NORMAL_CLOSURE, ""), mask=self.shared.mask))
+
+
+class _TlsReads(asyncio.BufferedProtocol):
+    """An :class:`EchoClient` on a TLS transport, fed through one reusable buffer.
+
+    uvloop's SSL transport hands a plain ``Protocol`` the result of
+    ``SSLObject.read(256 KiB)`` per TLS record: a fresh 256 KiB ``bytes``
+    (an ``mmap`` and a ``munmap`` in the allocator) for each record, which
+    made the client, not the server, the limit against a server that sends
+    one small record per message. A ``BufferedProtocol`` gets the records
+    decrypted into its own buffer; the client then sees one copy per read.
+    """
+
+    __slots__ = ("client", "view")
+
+    def __init__(self, client: EchoClient) -> None:
+        self.client = client
+        self.view = memoryview(bytearray(2**18))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client.connection_made(transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.client.data_received(bytes(self.view[:nbytes]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.connection_lost(exc)
+
+
+@dataclass
+class ProcResult:
+    """What one load-generator process measured in its window."""
+
+    messages: int = 0
+    reads: int = 0
+    window: float = 0.0
+    cpu: float = 0.0
+    conns: int = 0
+    rtt_values: bytes = b""  #: array("d") bytes
+    rtt_counts: bytes = b""  #: array("I") bytes
+    errors: dict[str, int] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)
+    fatal: str | None = None
+    #: TLS version and cipher of the connections (None: ws://).
+    tls: str | None = None
+
+
+async def _drive(
+    cfg: LoadConfig,
+    conns: int,
+    sync: Callable[[], None] | None = None,
+    on_window: Callable[[str], None] | None = None,
+) -> ProcResult:
+    """Run ``conns`` connections through connect, warmup, window, close."""
+    url = urlsplit(cfg.url)
+    if url.scheme not in ("ws", "wss"):
+        raise ValueError(f"only ws:// and wss:// URLs are supported, not {cfg.url!r}")
+    host = url.hostname or "127.0.0.1"
+    port = url.port or _default_port(url.scheme)
+    context = client_context(cfg.cafile, cfg.insecure, cfg.ecdh_curve) if url.scheme == "wss" else None
+    path = url.path or "/"
+    if url.query:
+        path += "?" + url.query
+    host_header = url.netloc
+    loop = asyncio.get_running_loop()
+    shared = _Shared(cfg)
+    clients: list[EchoClient] = []
+    closed: list[asyncio.Future[None]] = []
+
+    async def connect_one() -> None:
+        opened: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[None] = loop.create_future()
+        client = EchoClient(shared, host_header, path, opened, done)
+        protocol: asyncio.BaseProtocol = client if context is None else _TlsReads(client)
+        await loop.create_connection(lambda: protocol, host, port, ssl=context, server_hostname=host if context else None)
+        clients.append(client)
+        closed.append(done)
+        await opened
+
+    # Connect in waves so that a small listen backlog is not overrun.
+    try:
+        for start in range(0, conns, 64):
+            wave = [connect_one() for _ in range(start, min(conns, start + 64))]
+            await asyncio.wait_for(asyncio.gather(*wave), cfg.connect_timeout)
+    except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+        for c in clients:
+            if c.transport is not None:
+                c.transport.abort()
+        return ProcResult(fatal=f"could not open {conns} connections to {cfg.url}: {exc!r}")
+    if sync is not None:
+        sync()  # every process connected: start together
+    now = time.perf_counter()
+    for c in clients:
+        c.start(now, cfg.pipeline)
+    await asyncio.sleep(cfg.warmup)
+    if on_window is not None:
+        on_window("start")
+    cpu0 = _self_cpu()
+    count0 = shared.received
+    reads0 = shared.reads
+    shared.recording = True
+    t0 = time.perf_counter()
+    await asyncio.sleep(cfg.duration)
+    t1 = time.perf_counter()
+    shared.recording = False
+    count1 = shared.received
+    reads1 = shared.reads
+    cpu1 = _self_cpu()
+    if on_window is not None:
+        on_window("end")
+    for c in clients:
+        c.stop()
+    _, pending = await asyncio.wait(closed, timeout=cfg.close_timeout)
+    unclean = 0
+    for c, fut in zip(clients, closed):
+        if fut in pending:
+            unclean += 1
+            c.transport.abort()
+    if unclean:
+        shared.error(f"{unclean} connection(s) not closed by the server within {cfg.close_timeout}s of our close frame")
+    errors = {
+        "mismatches": shared.mismatches,
+        "protocol_errors": shared.protocol_errors,
+        "connections_lost": shared.lost,
+        "server_closes": shared.unexpected_closes,
+        "unclean_closes": unclean,
+    }
+    return ProcResult(
+        messages=count1 - count0,
+        reads=reads1 - reads0,
+        window=t1 - t0,
+        cpu=cpu1 - cpu0,
+        conns=len(clients),
+        rtt_values=shared.rtt_values.tobytes(),
+        rtt_counts=shared.rtt_counts.tobytes(),
+        errors={k: v for k, v in errors.items() if v},
+        error_samples=shared.error_samples,
+        tls=describe_tls(clients[0].transport.get_extra_info("ssl_object")) if context and clients else None,
+    )
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "wss" else 80
+
+
+def _run_loop(coro: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _pin(cpus: tuple[int, ...] | None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, set(cpus))
+
+
+def _child(cfg: LoadConfig, conns: int, barrier: Any, conn: Any) -> None:
+    _pin(cfg.cpus)
+
+    def sync() -> None:
+        barrier.wait(timeout=cfg.connect_timeout * 3)
+
+    try:
+        result = _run_loop(_drive(cfg, conns, sync=sync))
+    except BaseException as exc:  # noqa: BLE001 - report, never hang the parent
+        barrier.abort()
+        result = ProcResult(fatal=f"load process failed: {exc!r}")
+    if result.fatal:
+        barrier.abort()
+    conn.send(result)
+    conn.close()
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def run_load(cfg: LoadConfig) -> dict[str, Any]:
+    """Run the scenario and return every figure as a JSON-able dict."""
+    probe = ServerProbe(cfg.server_pid) if cfg.server_pid else None
+    samples: dict[str, tuple[float, int]] = {}
+    rss_idle = probe.sample()[1] if probe else None
+
+    machine: dict[str, float] = {}
+
+    def on_window(which: str) -> None:
+        machine[which] = _machine_busy()
+        if probe is not None:
+            samples[which] = probe.sample()
+
+    results: list[ProcResult]
+    if cfg.procs <= 1:
+        _pin(cfg.cpus)
+        results = [_run_loop(_drive(cfg, cfg.conns, on_window=on_window))]
+    else:
+        import multiprocessing as mp
+
+        # fork: the parent never ran an event loop, and children start fast.
+        ctx = mp.get_context("fork")
+        shares = [n for n in _split(cfg.conns, cfg.procs) if n]
+        barrier = ctx.Barrier(len(shares) + 1)
+        pipes = []
+        procs = []
+        for n in shares:
+            parent_end, child_end = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_child, args=(cfg, n, barrier, child_end), daemon=True)
+            p.start()
+            child_end.close()
+            pipes.append(parent_end)
+            procs.append(p)
+        try:
+            barrier.wait(timeout=cfg.connect_timeout * 3)
+            time.sleep(cfg.warmup)
+            on_window("start")
+            time.sleep(cfg.duration)
+            on_window("end")
+        except Exception:  # noqa: BLE001 - BrokenBarrierError: a child failed
+            pass
+        results = []
+        for pipe, p in zip(pipes, procs):
+            try:
+                if pipe.poll(cfg.close_timeout + cfg.duration + cfg.warmup + 30):
+                    results.append(pipe.recv())
+                else:
+                    results.append(ProcResult(fatal="load process did not report"))
+            except EOFError:
+                results.append(ProcResult(fatal="load process died"))
+            p.join(5)
+    busy = machine["end"] - machine["start"] if "start" in machine and "end" in machine else None
+    return _summarise(cfg, results, probe, samples, rss_idle, busy)
+
+
+def _machine_busy() -> float:
+    """CPU seconds all cores spent not idle since boot (every process, and
+    the kernel's interrupt work, which loopback traffic is partly made of)."""
+    try:
+        psutil: Any = importlib.import_module("psutil")
+    except ImportError:
+        return math.nan
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0))
+
+
+def _percentiles(ordered: list[tuple[float, int]], qs: list[float]) -> list[float]:
+    """Quantiles of run-length coded samples sorted by value (nan if none)."""
+    total = sum(c for _, c in ordered)
+    if not total:
+        return [math.nan] * len(qs)
+    out = []
+    i = 0
+    seen = 0
+    for q in sorted(qs):
+        rank = min(total, max(1, math.ceil(q * total)))
+        while seen + ordered[i][1] < rank:
+            seen += ordered[i][1]
+            i += 1
+        out.append(ordered[i][0])
+    return out
+
+
+def _summarise(
+    cfg: LoadConfig,
+    results: list[ProcResult],
+    probe: ServerProbe | None,
+    samples: dict[str, tuple[float, int]],
+    rss_idle: int | None,
+    machine_busy: float | None = None,
+) -> dict[str, Any]:
+    fatal = [r.fatal for r in results if r.fatal]
+    good = [r for r in results if not r.fatal]
+    messages = sum(r.messages for r in good)
+    window = max((r.window for r in good), default=0.0)
+    values = array("d")
+    counts = array("I")
+    for r in good:
+        values.frombytes(r.rtt_values)
+        counts.frombytes(r.rtt_counts)
+    ordered = sorted(zip(values, counts))
+    quantiles = _percentiles(ordered, [0.50, 0.90, 0.99, 0.999, 1.0])
+    errors: dict[str, int] = {}
+    samples_text: list[str] = []
+    for r in good:
+        for k, v in r.errors.items():
+            errors[k] = errors.get(k, 0) + v
+        samples_text += r.error_samples
+    loadgen_cpu = sum(r.cpu for r in good)
+    ncpu = len(cfg.cpus) if cfg.cpus else len(os.sched_getaffinity(0))
+    # The client is saturated when its processes use (nearly) all the cores
+    # they can run on: min(processes, cores available to them).
+    loadgen_capacity = min(max(1, len(good)), ncpu)
+    out: dict[str, Any] = {
+        "url": cfg.url,
+        "conns": cfg.conns,
+        "conns_open": sum(r.conns for r in good),
+        "pipeline": cfg.pipeline,
+        "size": cfg.size,
+        "text": cfg.text,
+        "procs": cfg.procs,
+        "warmup_s": cfg.warmup,
+        "window_s": round(window, 4),
+        "client_codec": CODEC_NAME,
+        "tls": next((r.tls for r in good if r.tls), None),
+        "messages": messages,
+        "msgs_per_s": messages / window if window else 0.0,
+        "mbytes_per_s": messages * cfg.size / window / 1e6 if window else 0.0,
+        # Echoes per read on the client: how much both sides batch (each
+        # read and write is a system call, the main cost of small messages).
+        "echoes_per_read": messages / reads if (reads := sum(r.reads for r in good)) else 0.0,
+        "latency_ms": dict(zip(("p50", "p90", "p99", "p999", "max"), (x * 1e3 for x in quantiles))),
+        "loadgen_cpu_s": loadgen_cpu,
+        "loadgen_cpu_pct": 100 * loadgen_cpu / window if window else 0.0,
+        "loadgen_cores": loadgen_capacity,
+        "loadgen_saturated": bool(window) and loadgen_cpu / window >= SATURATED * loadgen_capacity,
+        "server_pid": probe.pid if probe else None,
+        "server_cpu_s": None,
+        "server_cpu_pct": None,
+        "server_rss_mib": None,
+        "server_rss_idle_mib": None,
+        "msgs_per_server_cpu_s": None,
+        "machine_busy_pct": 100 * machine_busy / window if machine_busy is not None and window else None,
+        "other_cpu_pct": None,
+        "errors": errors,
+        "error_samples": samples_text[:5],
+        "fatal": fatal,
+    }
+    if probe is not None and "start" in samples and "end" in samples and window:
+        cpu = samples["end"][0] - samples["start"][0]
+        out["server_cpu_s"] = cpu
+        out["server_cpu_pct"] = 100 * cpu / window
+        out["server_rss_mib"] = samples["end"][1] / 2**20
+        out["server_rss_idle_mib"] = rss_idle / 2**20 if rss_idle is not None else None
+        out["msgs_per_server_cpu_s"] = messages / cpu if cpu > 0 else None
+    if out["machine_busy_pct"] is not None and out["server_cpu_pct"] is not None:
+        # What neither process was charged for: other programs on the machine,
+        # and kernel work (softirq) not billed to either.
+        out["other_cpu_pct"] = max(0.0, out["machine_busy_pct"] - out["server_cpu_pct"] - out["loadgen_cpu_pct"])
+    return out
+
+
+def _fmt_num(x: float | None, digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The human-readable report of one run."""
+    lat = r["latency_ms"]
+    lines = [
+        f"fastws loadgen -> {r['url']}",
+        f"  scenario    pipelined echo: {r['conns']} conns x {r['pipeline']} in flight x {r['size']} B "
+        f"{'text' if r['text'] else 'binary'}; {r['procs']} load process(es); client codec {r['client_codec']}",
+        *([f"  tls         {r['tls']}"] if r.get("tls") else []),
+        f"  window      {r['window_s']:.2f} s after {r['warmup_s']:g} s warmup; {r['conns_open']} connections open",
+        f"  throughput  {_fmt_num(r['msgs_per_s'])} msg/s  ({r['mbytes_per_s']:.1f} MB/s of payload each way; "
+        f"{r['echoes_per_read']:.1f} echoes per client read)",
+        f"  latency     p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  "
+        f"p99.9 {lat['p999']:.3f}  max {lat['max']:.3f} ms",
+        f"  loadgen CPU {r['loadgen_cpu_s']:.2f} s = {r['loadgen_cpu_pct']:.0f}% of one core "
+        f"(limit {100 * r['loadgen_cores']}%)",
+    ]
+    if r["server_cpu_s"] is not None:
+        lines += [
+            f"  server CPU  {r['server_cpu_s']:.2f} s = {r['server_cpu_pct']:.0f}% of one core (pid {r['server_pid']})",
+            f"  server RSS  {r['server_rss_mib']:.1f} MiB (idle before connecting: {_fmt_num(r['server_rss_idle_mib'], 1)} MiB)",
+            f"  efficiency  {_fmt_num(r['msgs_per_server_cpu_s'])} msg per server CPU-second",
+        ]
+    if r["machine_busy_pct"] is not None:
+        other = r["other_cpu_pct"]
+        lines.append(
+            f"  machine     {r['machine_busy_pct']:.0f}% CPU busy in all"
+            + (f", {other:.0f}% not charged to server or loadgen (other programs, kernel)" if other is not None else "")
+        )
+    else:
+        lines.append("  server      not measured (pass --server-pid)")
+    if r["loadgen_saturated"]:
+        lines.append(
+            "  WARNING     the load generator used ~all of its CPU: it may be the bottleneck; "
+            "msg/s is a lower bound (try --procs, or compare msg per server CPU-second)"
+        )
+    if r["errors"] or r["fatal"]:
+        lines.append(f"  ERRORS      {r['errors']} {'; '.join(r['fatal'])}")
+        for s in r["error_samples"]:
+            lines.append(f"              {s}")
+    else:
+        lines.append("  errors      none (every echo matched the message sent)")
+    return "\n".join(lines)
+
+
+def _cpus(text: str) -> tuple[int, ...] | None:
+    if text.lower() in ("", "none", "all"):
+        return None
+    cpus: set[int] = set()
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        cpus.update(range(int(a), int(b or a) + 1))
+    return tuple(sorted(cpus))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fastws.bench.loadgen",
+        description="Pipelined-echo load against any WebSocket server (ws:// or wss:// URL).",
+    )
+    p.add_argument("url", help="e.g. ws://127.0.0.1:9001/ or wss://127.0.0.1:9001/")
+    p.add_argument("--conns", "-c", type=int, default=64, help="connections (default 64)")
+    p.add_argument("--pipeline", "-p", type=int, default=16, help="messages in flight per connection (default 16)")
+    p.add_argument("--size", "-s", type=int, default=64, help="message size in bytes (default 64)")
+    p.add_argument("--duration", "-d", type=float, default=5.0, help="measured seconds (default 5)")
+    p.add_argument("--warmup", "-w", type=float, default=1.0, help="seconds before measuring (default 1)")
+    p.add_argument("--text", action="store_true", help="send text (ASCII) messages instead of binary")
+    p.add_argument("--procs", type=int, default=1, help="load-generator processes (default 1)")
+    p.add_argument("--cpus", type=_cpus, default=None, help="pin the load generator to these CPUs, e.g. 1 or 0-3")
+    p.add_argument(
+        "--server-pid",
+        default="auto",
+        help="PID of the server to measure (CPU, RSS); 'auto' (default) finds the local listener of the port; 'none'",
+    )
+    p.add_argument("--cafile", default=None, help="wss://: trust the server certificate(s) in this PEM file (default: the system's CAs)")
+    p.add_argument("--insecure", action="store_true", help="wss://: accept any certificate (test certificates)")
+    p.add_argument("--ecdh-curve", default=None, help="wss://: offer only this ECDHE group (e.g. prime256v1)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.conns < 1 or args.pipeline < 1 or args.size < 0 or args.duration <= 0 or args.procs < 1:
+        build_parser().error("--conns, --pipeline, --procs must be >= 1, --size >= 0, --duration > 0")
+    pid: int | None
+    if args.server_pid == "none":
+        pid = None
+    elif args.server_pid == "auto":
+        u = urlsplit(args.url)
+        local = (u.hostname or "") in ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+        pid = find_listener_pid(u.hostname or "", u.port or _default_port(u.scheme)) if local else None
+    else:
+        pid = int(args.server_pid)
+    cfg = LoadConfig(
+        url=args.url,
+        conns=args.conns,
+        pipeline=args.pipeline,
+        size=args.size,
+        duration=args.duration,
+        warmup=args.warmup,
+        text=args.text,
+        procs=args.procs,
+        cpus=args.cpus,
+        server_pid=pid,
+        cafile=args.cafile,
+        insecure=args.insecure,
+        ecdh_curve=args.ecdh_curve,
+    )
+    if CODEC_NAME != "compiled":
+        print(
+            "loadgen: fastws' compiled codec is not built; the pure-Python parser makes the load "
+            "generator slow (build with: python setup.py build_ext --inplace)",
+            file=sys.stderr,
+        )
+    result = run_load(cfg)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        print(format_report(result))
+    return 1 if result["fatal"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""``fastws bench`` as a user runs it, against a fastws server and against
+broken servers: the counts and the named errors must be right."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from ..conftest import ROOT, ServerProcess, unit
+
+pytestmark = pytest.mark.timeout(90)
+
+SHORT = ["--duration", "0.6", "--warmup", "0.2", "--json"]
+
+
+def bench(*args: str) -> tuple[int, dict[str, Any]]:
+    res = subprocess.run(
+        [sys.executable, "-m", "fastws", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=unit(60)
+    )
+    assert res.stdout.strip(), res.stderr
+    return res.returncode, json.loads(res.stdout)
+
+
+@pytest.fixture(scope="module")
+def echo_server() -> Any:
+    with ServerProcess("--no-access-log") as server:
+        yield server
+
+
+@pytest.mark.parametrize("scenario", ["pipelined", "rr", "large"])
+def test_every_scenario_against_fastws(echo_server: ServerProcess, scenario: str) -> None:
+    status, result = bench(echo_server.url + "/bench", "--scenario", scenario, *SHORT)
+    assert status == 0, result
+    assert result["scenario"] == scenario and not result["fatal"]
+    assert result["messages"] > 0 and result["msgs_per_s"] > 0
+    assert sum(result["errors"].values()) == 0, result["errors"]
+    expected = {"pipelined": (64, 16, 64), "rr": (1, 1, 64), "large": (8, 1, 65536)}[scenario]
+    assert (result["conns"], result["pipeline"], result["size"]) == expected
+    latency = result["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
+
+
+def test_options_override_the_scenario(echo_server: ServerProcess) -> None:
+    status, result = bench(echo_server.url, "--scenario", "rr", "--connections", "3", "--size", "100", "--text", *SHORT)
+    assert status == 0 and (result["conns"], result["pipeline"], result["size"], result["text"]) == (3, 1, 100, True)
+
+
+def test_a_wrong_echo_is_an_error_not_a_statistic() -> None:
+    with ServerProcess("tests.integration.apps:WrongEcho", "--no-access-log") as server:
+        status, result = bench(server.url, "--scenario", "rr", *SHORT)
+    assert status == 1
+    assert result["errors"].get("mismatches", 0) > 0, result["errors"]
+    assert any("differs" in sample for sample in result["error_samples"]), result["error_samples"]
+
+
+def test_a_server_that_answers_200_is_named() -> None:
+    with ServerProcess("tests.integration.apps:Answers200", "--no-access-log") as server:
+        status, result = bench(server.url, "--scenario", "rr", *SHORT)
+    assert status == 1 and result["fatal"], result
+    assert "instead of 101" in " ".join(result["fatal"]), result["fatal"]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["http://127.0.0.1:1/"], "not a ws:// or wss:// URL"),
+        (["ws://127.0.0.1:1/", "--connections", "0"], "at least 1"),
+    ],
+)
+def test_usage_errors(args: list[str], words: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "fastws", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=unit(30))
+    assert res.returncode == 2 and res.stderr.startswith("fastws: error:") and words in res.stderr, res.stderr
