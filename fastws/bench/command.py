@@ -15,7 +15,7 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import loadgen
+from . import loadgen, scenarios
 
 __all__ = ["SCENARIOS", "add_parser", "run"]
 
@@ -24,6 +24,8 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
     "pipelined": ("throughput: many connections, many messages in flight each", {"conns": 64, "pipeline": 16, "size": 64}),
     "rr": ("request/response latency: one message in flight", {"conns": 1, "pipeline": 1, "size": 64}),
     "large": ("large messages (64 KiB; --size 1048576 for 1 MiB), one in flight per connection", {"conns": 8, "pipeline": 1, "size": 65536}),
+    "handshakes": ("connect, upgrade, close, repeat: handshakes/s", {"conns": 32, "pipeline": 1, "size": 0}),
+    "idle": ("open N connections and hold them: the server's RSS per connection", {"conns": 1024, "pipeline": 1, "size": 0}),
 }
 
 
@@ -90,11 +92,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if loadgen.CODEC_NAME != "compiled":
         sys.stderr.write("fastws bench: the compiled codec is not built; the pure-Python parser makes the load generator slow\n")
-    result = loadgen.run_load(cfg)
-    result["scenario"] = args.scenario
+    if args.scenario == "handshakes":
+        result, report = scenarios.run_handshakes(cfg), scenarios.format_handshakes
+    elif args.scenario == "idle":
+        result, report = scenarios.run_idle(cfg), scenarios.format_idle
+    else:
+        result, report = loadgen.run_load(cfg), loadgen.format_report
+        result["scenario"] = args.scenario
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
-        sys.stdout.write(f"scenario {args.scenario}: {SCENARIOS[args.scenario][0]}\n" + loadgen.format_report(result) + "\n")
+        sys.stdout.write(f"scenario {args.scenario}: {SCENARIOS[args.scenario][0]}\n" + report(result) + "\n")
     errors = sum(result.get("errors", {}).values())
     return 1 if result.get("fatal") or errors else 0

@@ -74,3 +74,25 @@ def test_a_server_that_answers_200_is_named() -> None:
 def test_usage_errors(args: list[str], words: str) -> None:
     res = subprocess.run([sys.executable, "-m", "fastws", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=unit(30))
     assert res.returncode == 2 and res.stderr.startswith("fastws: error:") and words in res.stderr, res.stderr
+
+
+def test_handshakes_scenario(echo_server: ServerProcess) -> None:
+    status, result = bench(echo_server.url, "--scenario", "handshakes", "--connections", "4", *SHORT)
+    assert status == 0, result
+    assert result["handshakes"] > 0 and result["handshakes_per_s"] > 0 and result["errors"] == {}
+    assert result["server_cpu_us_per_handshake"] is not None  # the local server was found and measured
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["max"]
+
+
+def test_handshakes_against_a_server_that_answers_200() -> None:
+    with ServerProcess("tests.integration.apps:Answers200", "--no-access-log") as server:
+        status, result = bench(server.url, "--scenario", "handshakes", "--connections", "2", *SHORT)
+    assert status == 1 and result["handshakes"] == 0
+    assert any("instead of 101" in s for s in result["error_samples"]), result
+
+
+def test_idle_scenario_measures_memory_per_connection(echo_server: ServerProcess) -> None:
+    status, result = bench(echo_server.url, "--scenario", "idle", "--connections", "200", "--duration", "0.5", "--json")
+    assert status == 0, result
+    assert result["conns_open"] == 200 and result["errors"] == {}
+    assert result["server_kib_per_connection"] is not None and result["server_kib_per_connection"] < 64
