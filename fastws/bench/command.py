@@ -10,6 +10,7 @@ run, 2 for a usage error.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from typing import Any
@@ -53,7 +54,9 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--server-pid", default="auto", help="PID of the server to measure: 'auto' (a local listener), a PID, or 'none'")
     b.add_argument("--insecure", action="store_true", help="wss://: accept any certificate (test certificates)")
     b.add_argument("--cafile", help="wss://: trust the certificates in this PEM file")
-    b.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
+    out = b.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
+    out.add_argument("--csv", action="store_true", help="print a CSV header and one row instead of the report")
 
 
 def config_from(args: argparse.Namespace) -> loadgen.LoadConfig:
@@ -84,6 +87,26 @@ def config_from(args: argparse.Namespace) -> loadgen.LoadConfig:
     )  # fmt: skip
 
 
+def _progress(elapsed: float, total: float, rate: float, errors: int) -> None:
+    """The live line on a terminal: elapsed, current rate, errors."""
+    sys.stderr.write(f"\r\x1b[K  {min(elapsed, total):5.1f} / {total:.1f} s   {rate:>12,.0f} msg/s   errors {errors}")
+    sys.stderr.flush()
+
+
+def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """One CSV row: nested keys joined with '.', lists as ';'-joined text."""
+    row: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            row.update(_flatten(value, name + "."))
+        elif isinstance(value, list):
+            row[name] = ";".join(map(str, value))
+        else:
+            row[name] = value
+    return row
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from(args)
@@ -97,10 +120,18 @@ def run(args: argparse.Namespace) -> int:
     elif args.scenario == "idle":
         result, report = scenarios.run_idle(cfg), scenarios.format_idle
     else:
-        result, report = loadgen.run_load(cfg), loadgen.format_report
+        progress = _progress if sys.stderr.isatty() and not (args.json or args.csv) else None
+        result, report = loadgen.run_load(cfg, progress), loadgen.format_report
+        if progress is not None:
+            sys.stderr.write("\r\x1b[K")
         result["scenario"] = args.scenario
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    elif args.csv:
+        row = _flatten(result)
+        writer = csv.writer(sys.stdout)
+        writer.writerow(row.keys())
+        writer.writerow(row.values())
     else:
         sys.stdout.write(f"scenario {args.scenario}: {SCENARIOS[args.scenario][0]}\n" + report(result) + "\n")
     errors = sum(result.get("errors", {}).values())

@@ -505,6 +505,7 @@ async def _drive(
     conns: int,
     sync: Callable[[], None] | None = None,
     on_window: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> ProcResult:
     """Run ``conns`` connections through connect, warmup, window, close."""
     url = urlsplit(cfg.url)
@@ -547,6 +548,7 @@ async def _drive(
     now = time.perf_counter()
     for c in clients:
         c.start(now, cfg.pipeline)
+    ticker = None if progress is None else asyncio.ensure_future(_tick(cfg, shared, progress))
     await asyncio.sleep(cfg.warmup)
     if on_window is not None:
         on_window("start")
@@ -563,6 +565,8 @@ async def _drive(
     cpu1 = _self_cpu()
     if on_window is not None:
         on_window("end")
+    if ticker is not None:
+        ticker.cancel()
     for c in clients:
         c.stop()
     _, pending = await asyncio.wait(closed, timeout=cfg.close_timeout)
@@ -592,6 +596,24 @@ async def _drive(
         error_samples=shared.error_samples,
         tls=describe_tls(clients[0].transport.get_extra_info("ssl_object")) if context and clients else None,
     )
+
+
+#: ``progress(elapsed_s, total_s, msgs_per_s, errors)``, twice a second.
+Progress = Callable[[float, float, float, int], None]
+
+
+async def _tick(cfg: LoadConfig, shared: _Shared, progress: Progress) -> None:
+    """Report the run's progress (one load process only)."""
+    start = last_t = time.perf_counter()
+    last_n = shared.received
+    total = cfg.warmup + cfg.duration
+    while True:
+        await asyncio.sleep(0.5)
+        now = time.perf_counter()
+        n = shared.received
+        errors = shared.mismatches + shared.protocol_errors + shared.lost + shared.unexpected_closes
+        progress(now - start, total, (n - last_n) / (now - last_t), errors)
+        last_t, last_n = now, n
 
 
 def _default_port(scheme: str) -> int:
@@ -632,8 +654,9 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def run_load(cfg: LoadConfig) -> dict[str, Any]:
-    """Run the scenario and return every figure as a JSON-able dict."""
+def run_load(cfg: LoadConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the scenario and return every figure as a JSON-able dict;
+    ``progress`` is called twice a second (one load process only)."""
     probe = ServerProbe(cfg.server_pid) if cfg.server_pid else None
     samples: dict[str, tuple[float, int]] = {}
     rss_idle = probe.sample()[1] if probe else None
@@ -648,7 +671,7 @@ def run_load(cfg: LoadConfig) -> dict[str, Any]:
     results: list[ProcResult]
     if cfg.procs <= 1:
         _pin(cfg.cpus)
-        results = [_run_loop(_drive(cfg, cfg.conns, on_window=on_window))]
+        results = [_run_loop(_drive(cfg, cfg.conns, on_window=on_window, progress=progress))]
     else:
         import multiprocessing as mp
 

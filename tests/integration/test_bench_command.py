@@ -96,3 +96,17 @@ def test_idle_scenario_measures_memory_per_connection(echo_server: ServerProcess
     assert status == 0, result
     assert result["conns_open"] == 200 and result["errors"] == {}
     assert result["server_kib_per_connection"] is not None and result["server_kib_per_connection"] < 64
+
+
+def test_csv_output(echo_server: ServerProcess) -> None:
+    import csv
+    import io
+
+    res = subprocess.run(
+        [sys.executable, "-m", "fastws", "bench", echo_server.url, "--scenario", "rr", "--duration", "0.5", "--warmup", "0.2", "--csv"],
+        cwd=ROOT, capture_output=True, text=True, timeout=unit(60),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(rows) == 1 and int(rows[0]["messages"]) > 0 and float(rows[0]["latency_ms.p99"]) > 0
+    assert rows[0]["scenario"] == "rr"
