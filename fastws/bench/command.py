@@ -50,6 +50,8 @@ def add_parser(sub: Any) -> None:
     kind = b.add_mutually_exclusive_group()
     kind.add_argument("--text", action="store_true", help="send text messages")
     kind.add_argument("--binary", action="store_true", help="send binary messages (the default)")
+    b.add_argument("--header", action="append", default=[], metavar="K:V", help="extra request header (repeatable)")
+    b.add_argument("--subprotocol", help="Sec-WebSocket-Protocol to ask for")
     b.add_argument("--procs", type=int, default=1, help="load-generator processes (default: 1)")
     b.add_argument("--server-pid", default="auto", help="PID of the server to measure: 'auto' (a local listener), a PID, or 'none'")
     b.add_argument("--insecure", action="store_true", help="wss://: accept any certificate (test certificates)")
@@ -70,6 +72,12 @@ def config_from(args: argparse.Namespace) -> loadgen.LoadConfig:
         raise ValueError("--connections and --in-flight must be at least 1, --size at least 0")
     if args.duration <= 0 or args.warmup < 0 or args.procs < 1:
         raise ValueError("--duration must be positive, --warmup at least 0, --procs at least 1")
+    headers = []
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--header {item!r}: use NAME:VALUE")
+        headers.append((name.strip(), value.strip()))
     parts = urlsplit(args.url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"{args.url!r} is not a ws:// or wss:// URL")
@@ -83,7 +91,8 @@ def config_from(args: argparse.Namespace) -> loadgen.LoadConfig:
         pid = int(args.server_pid)
     return loadgen.LoadConfig(
         url=args.url, duration=args.duration, warmup=args.warmup, text=args.text, procs=args.procs,
-        server_pid=pid, cafile=args.cafile, insecure=args.insecure, **settings,
+        server_pid=pid, cafile=args.cafile, insecure=args.insecure, headers=tuple(headers), subprotocol=args.subprotocol,
+        **settings,
     )  # fmt: skip
 
 

@@ -106,6 +106,9 @@ class LoadConfig:
     cafile: str | None = None
     insecure: bool = False
     ecdh_curve: str | None = None
+    #: Extra request headers (auth, cookies) and the subprotocol to ask for.
+    headers: tuple[tuple[str, str], ...] = ()
+    subprotocol: str | None = None
     connect_timeout: float = 10.0
     close_timeout: float = 3.0
 
@@ -210,9 +213,14 @@ class _Shared:
         "lost",
         "unexpected_closes",
         "error_samples",
+        "extra_headers",
     )
 
     def __init__(self, cfg: LoadConfig) -> None:
+        lines = [f"{name}: {value}\r\n" for name, value in cfg.headers]
+        if cfg.subprotocol:
+            lines.append(f"Sec-WebSocket-Protocol: {cfg.subprotocol}\r\n")
+        self.extra_headers = "".join(lines)
         if cfg.text:
             self.payload = (b"0123456789abcdef" * (cfg.size // 16 + 1))[: cfg.size]
             self.opcode = OP_TEXT
@@ -274,7 +282,7 @@ class EchoClient(asyncio.Protocol):
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {self.key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
-            "User-Agent: fastws-bench-loadgen\r\n\r\n"
+            "User-Agent: fastws-bench-loadgen\r\n" + shared.extra_headers + "\r\n"
         ).encode("latin-1")
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.opened = opened

@@ -42,6 +42,10 @@ class _Target:
         self.path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         self.netloc = url.netloc
         self.context = loadgen.client_context(cfg.cafile, cfg.insecure, cfg.ecdh_curve) if url.scheme == "wss" else None
+        extra = [f"{name}: {value}\r\n" for name, value in cfg.headers]
+        if cfg.subprotocol:
+            extra.append(f"Sec-WebSocket-Protocol: {cfg.subprotocol}\r\n")
+        self.extra = "".join(extra)
 
     async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Connect and upgrade."""
@@ -51,7 +55,7 @@ class _Target:
         key = base64.b64encode(os.urandom(16))
         writer.write(
             f"GET {self.path} HTTP/1.1\r\nHost: {self.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: fastws-bench\r\n\r\n".encode()
+            f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: fastws-bench\r\n{self.extra}\r\n".encode()
         )
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastws import Handler
+from fastws.demo import EchoHandler
 
 
 class Shout(Handler):
@@ -83,3 +84,12 @@ class Answers200(Handler):
 
     def on_message(self, ws, data, is_text):  # type: ignore[no-untyped-def]
         pass
+
+
+class NeedsToken(EchoHandler):
+    """Echo, for clients that send ``X-Token: t`` (403 otherwise)."""
+
+    def process_request(self, ws, request):  # type: ignore[no-untyped-def]
+        if request.headers.get("X-Token") != "t":
+            return ws.respond(403, "token needed\n")
+        return None

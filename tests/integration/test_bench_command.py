@@ -110,3 +110,12 @@ def test_csv_output(echo_server: ServerProcess) -> None:
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert len(rows) == 1 and int(rows[0]["messages"]) > 0 and float(rows[0]["latency_ms.p99"]) > 0
     assert rows[0]["scenario"] == "rr"
+
+
+@pytest.mark.parametrize("scenario", ["rr", "handshakes"])
+def test_headers_reach_the_server(scenario: str) -> None:
+    with ServerProcess("tests.integration.apps:NeedsToken", "--no-access-log") as server:
+        status, result = bench(server.url, "--scenario", scenario, "--connections", "2", "--header", "X-Token: t", *SHORT)
+        assert status == 0, result
+        status, result = bench(server.url, "--scenario", scenario, "--connections", "2", *SHORT)
+        assert status == 1 and "403" in json.dumps(result), result
