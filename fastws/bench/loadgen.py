@@ -575,6 +575,18 @@ async def _drive(
         on_window("end")
     if ticker is not None:
         ticker.cancel()
+    # Stop sending, and give what is in flight time to come back before
+    # closing: an echo still missing then was dropped by the server (a
+    # server may drop what it reads after a close frame; this one was read
+    # long before ours).
+    for c in clients:
+        c.sending = False
+    drain_end = time.perf_counter() + cfg.close_timeout
+    while any(c.in_flight for c in clients if c.is_open) and time.perf_counter() < drain_end:
+        await asyncio.sleep(0.01)
+    missing = sum(c.in_flight for c in clients if c.is_open)
+    if missing:
+        shared.error(f"{missing} message(s) got no echo within {cfg.close_timeout}s (the server dropped them)")
     for c in clients:
         c.stop()
     _, pending = await asyncio.wait(closed, timeout=cfg.close_timeout)
@@ -591,6 +603,7 @@ async def _drive(
         "connections_lost": shared.lost,
         "server_closes": shared.unexpected_closes,
         "unclean_closes": unclean,
+        "missing_echoes": missing,
     }
     return ProcResult(
         messages=count1 - count0,

@@ -93,3 +93,15 @@ class NeedsToken(EchoHandler):
         if request.headers.get("X-Token") != "t":
             return ws.respond(403, "token needed\n")
         return None
+
+
+class DropsEvery100th(Handler):
+    """Echo, except every 100th message of a connection (a broken server for ``fastws bench``)."""
+
+    def on_connect(self, ws):  # type: ignore[no-untyped-def]
+        self.count = 0
+
+    def on_message(self, ws, data, is_text):  # type: ignore[no-untyped-def]
+        self.count += 1
+        if self.count % 100:
+            ws.send(data, is_text)

@@ -119,3 +119,12 @@ def test_headers_reach_the_server(scenario: str) -> None:
         assert status == 0, result
         status, result = bench(server.url, "--scenario", scenario, "--connections", "2", *SHORT)
         assert status == 1 and "403" in json.dumps(result), result
+
+
+@pytest.mark.parametrize("scenario", ["rr", "pipelined"])
+def test_dropped_echoes_are_named(scenario: str) -> None:
+    with ServerProcess("tests.integration.apps:DropsEvery100th", "--no-access-log") as server:
+        status, result = bench(server.url, "--scenario", scenario, "--connections", "4", *SHORT)
+    assert status == 1, result
+    assert result["errors"].get("missing_echoes", 0) >= 4, result["errors"]  # at least one per connection
+    assert any("got no echo" in s for s in result["error_samples"]), result["error_samples"]
