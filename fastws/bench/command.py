@@ -16,7 +16,7 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import loadgen, scenarios
+from . import chart, loadgen, scenarios
 
 __all__ = ["SCENARIOS", "add_parser", "run"]
 
@@ -59,6 +59,7 @@ def add_parser(sub: Any) -> None:
     out = b.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
     out.add_argument("--csv", action="store_true", help="print a CSV header and one row instead of the report")
+    b.add_argument("--chart", metavar="FILE.svg", help="draw the latency distribution and the rate over time (echo scenarios)")
 
 
 def config_from(args: argparse.Namespace) -> loadgen.LoadConfig:
@@ -118,6 +119,8 @@ def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.chart is not None and (not args.chart.endswith(".svg") or args.scenario in ("handshakes", "idle")):
+            raise ValueError("--chart writes an .svg file, for the echo scenarios (pipelined, rr, large)")
         cfg = config_from(args)
     except ValueError as exc:
         sys.stderr.write(f"fastws: error: {exc}\n")
@@ -143,5 +146,7 @@ def run(args: argparse.Namespace) -> int:
         writer.writerow(row.values())
     else:
         sys.stdout.write(f"scenario {args.scenario}: {SCENARIOS[args.scenario][0]}\n" + report(result) + "\n")
+    if args.chart is not None:
+        chart.write_svg(args.chart, result)
     errors = sum(result.get("errors", {}).values())
     return 1 if result.get("fatal") or errors else 0

@@ -506,6 +506,8 @@ class ProcResult:
     fatal: str | None = None
     #: TLS version and cipher of the connections (None: ws://).
     tls: str | None = None
+    #: Messages/s every 0.5 s from the first send: [seconds, rate] pairs.
+    timeline: list[list[float]] = field(default_factory=list)
 
 
 async def _drive(
@@ -556,7 +558,8 @@ async def _drive(
     now = time.perf_counter()
     for c in clients:
         c.start(now, cfg.pipeline)
-    ticker = None if progress is None else asyncio.ensure_future(_tick(cfg, shared, progress))
+    timeline: list[list[float]] = []
+    ticker = asyncio.ensure_future(_tick(cfg, shared, timeline, progress))
     await asyncio.sleep(cfg.warmup)
     if on_window is not None:
         on_window("start")
@@ -573,8 +576,7 @@ async def _drive(
     cpu1 = _self_cpu()
     if on_window is not None:
         on_window("end")
-    if ticker is not None:
-        ticker.cancel()
+    ticker.cancel()
     # Stop sending, and give what is in flight time to come back before
     # closing: an echo still missing then was dropped by the server (a
     # server may drop what it reads after a close frame; this one was read
@@ -616,15 +618,19 @@ async def _drive(
         errors={k: v for k, v in errors.items() if v},
         error_samples=shared.error_samples,
         tls=describe_tls(clients[0].transport.get_extra_info("ssl_object")) if context and clients else None,
+        timeline=timeline,
     )
 
+
+#: Quantiles of the latency curve in the results (and ``--chart``).
+CURVE_QUANTILES = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0]
 
 #: ``progress(elapsed_s, total_s, msgs_per_s, errors)``, twice a second.
 Progress = Callable[[float, float, float, int], None]
 
 
-async def _tick(cfg: LoadConfig, shared: _Shared, progress: Progress) -> None:
-    """Report the run's progress (one load process only)."""
+async def _tick(cfg: LoadConfig, shared: _Shared, timeline: list[list[float]], progress: Progress | None) -> None:
+    """Note the rate every 0.5 s in ``timeline``; report it to ``progress``."""
     start = last_t = time.perf_counter()
     last_n = shared.received
     total = cfg.warmup + cfg.duration
@@ -632,8 +638,11 @@ async def _tick(cfg: LoadConfig, shared: _Shared, progress: Progress) -> None:
         await asyncio.sleep(0.5)
         now = time.perf_counter()
         n = shared.received
-        errors = shared.mismatches + shared.protocol_errors + shared.lost + shared.unexpected_closes
-        progress(now - start, total, (n - last_n) / (now - last_t), errors)
+        rate = (n - last_n) / (now - last_t)
+        timeline.append([round(now - start, 3), rate])
+        if progress is not None:
+            errors = shared.mismatches + shared.protocol_errors + shared.lost + shared.unexpected_closes
+            progress(now - start, total, rate, errors)
         last_t, last_n = now, n
 
 
@@ -778,6 +787,16 @@ def _summarise(
         counts.frombytes(r.rtt_counts)
     ordered = sorted(zip(values, counts))
     quantiles = _percentiles(ordered, [0.50, 0.90, 0.99, 0.999, 1.0])
+    curve_qs = [q for q in CURVE_QUANTILES if ordered]
+    curve = [[q, x * 1e3] for q, x in zip(curve_qs, _percentiles(ordered, curve_qs))]
+    # Every process's rates, summed slot by slot (they started together).
+    timeline: list[list[float]] = []
+    for r in good:
+        for i, (t, rate) in enumerate(r.timeline):
+            if i < len(timeline):
+                timeline[i][1] += rate
+            else:
+                timeline.append([t, rate])
     errors: dict[str, int] = {}
     samples_text: list[str] = []
     for r in good:
@@ -823,6 +842,8 @@ def _summarise(
         "errors": errors,
         "error_samples": samples_text[:5],
         "fatal": fatal,
+        "latency_curve_ms": curve,
+        "timeline": timeline,
     }
     if probe is not None and "start" in samples and "end" in samples and window:
         cpu = samples["end"][0] - samples["start"][0]

@@ -128,3 +128,18 @@ def test_dropped_echoes_are_named(scenario: str) -> None:
     assert status == 1, result
     assert result["errors"].get("missing_echoes", 0) >= 4, result["errors"]  # at least one per connection
     assert any("got no echo" in s for s in result["error_samples"]), result["error_samples"]
+
+
+def test_chart_is_an_svg_with_both_panels(echo_server: ServerProcess, tmp_path: Any) -> None:
+    import xml.etree.ElementTree as ET
+
+    path = tmp_path / "run.svg"
+    status, result = bench(echo_server.url, "--scenario", "pipelined", "--connections", "4", "--duration", "1.2", "--warmup", "0.2",
+                           "--json", "--chart", str(path))  # fmt: skip
+    assert status == 0, result
+    assert len(result["timeline"]) >= 2 and result["latency_curve_ms"][-1][0] == 1.0
+    root = ET.fromstring(path.read_text())
+    lines = [el for el in root.iter() if el.tag.endswith("polyline")]
+    assert len(lines) == 2, path.read_text()[:500]
+    texts = " ".join(el.text or "" for el in root.iter() if el.tag.endswith("text"))
+    assert "Round-trip latency by percentile" in texts and "Messages per second over time" in texts
