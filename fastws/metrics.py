@@ -174,8 +174,7 @@ class WorkerShare:
         except (OSError, ValueError):
             pass
         else:
-            self.base = {key: previous[key] for key in COUNTERS if key in previous}
-            self.base = {**empty_counters(), **self.base}
+            self.base.update((key, previous[key]) for key in COUNTERS if key in previous)
 
     def carried(self, snapshot: dict[str, Any]) -> dict[str, Any]:
         """``snapshot`` with the predecessor's counters added."""

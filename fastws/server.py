@@ -134,7 +134,7 @@ class ServerState:
         # was counted under, and the count per address.
         self._counted: dict[Connection, Any] = {}
         self._per_ip: dict[Any, int] = {}
-        limited = config.limit_concurrency is not None or config.limit_per_ip is not None
+        self._limited = config.limit_concurrency is not None or config.limit_per_ip is not None
         #: Counters shared by the connections; None when metrics are off.
         self.stats: Stats | None = Stats() if config.counting else None
         self.started = time.time()
@@ -145,9 +145,9 @@ class ServerState:
         self.routes = self._routes()
         # None when off: the connection then skips the call.
         self.admit: Callable[[Connection, Request], Response | None] | None = (
-            self._admit if limited or self._trusted is not None or self.routes else None
+            self._admit if self._limited or self._trusted is not None or self.routes else None
         )
-        self.release: Callable[[Connection], None] | None = self._release if limited else None
+        self.release: Callable[[Connection], None] | None = self._release if self._limited else None
 
     # -- what the server answers itself: metrics, health, the dashboard ----
 
@@ -249,19 +249,26 @@ class ServerState:
         answer what the server serves itself, then apply the connection
         limits (503, 429)."""
         if self._trusted is not None:
-            peer = conn.remote_address
-            client = forwarded_client(request.headers, peer[0] if isinstance(peer, tuple) else None, self._trusted)
-            if client is not None:
-                conn.remote_address = (client.host, client.port)
-                if client.proto is not None:
-                    conn.scheme = client.proto
+            self._find_client(conn, request, self._trusted)
         if self.routes:
             answer = self._route(conn, request)
             if answer is not None:
                 return answer
+        return self._limit(conn) if self._limited else None
+
+    @staticmethod
+    def _find_client(conn: Connection, request: Request, trusted: TrustedProxies) -> None:
+        """From a trusted proxy: the real client's address and scheme."""
+        peer = conn.remote_address
+        client = forwarded_client(request.headers, peer[0] if isinstance(peer, tuple) else None, trusted)
+        if client is not None:
+            conn.remote_address = (client.host, client.port)
+            if client.proto is not None:
+                conn.scheme = client.proto
+
+    def _limit(self, conn: Connection) -> Response | None:
+        """Count the connection against the limits, or refuse it (503, 429)."""
         config = self.config
-        if self.release is None:
-            return None
         limit = config.limit_concurrency
         if limit is not None and len(self._counted) >= limit:
             self.logger.warning(

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import hashlib
 import importlib
 import importlib.machinery
 import json
@@ -60,18 +59,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..codec import frame as _frame
+from ..codec import handshake as handshake_codec
 from ..types import CloseCode
 
 __all__ = ["LoadConfig", "ServerProbe", "format_report", "main", "run_load"]
-
-#: The handshake's GUID (RFC 6455 section 1.3).
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def _accept_key(key: bytes) -> bytes:
-    """``Sec-WebSocket-Accept`` for ``key``: once per connection, so hashlib is fast enough."""
-    return base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
-
 
 CODEC_NAME = "compiled" if Path(str(getattr(_frame, "__file__", ""))).name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)) else "pure-python"
 OP_TEXT: int = _frame.OP_TEXT
@@ -342,7 +333,7 @@ class EchoClient(asyncio.Protocol):
             name, _, value = line.partition(":")
             if name.strip().lower() == "sec-websocket-accept":
                 accept = value.strip()
-        if accept.encode() != _accept_key(self.key):
+        if accept.encode() != handshake_codec.accept_key(self.key):
             self._refuse(f"bad Sec-WebSocket-Accept {accept!r}")
             return
         self.reader = _frame.FrameReader(require_mask=False, max_message_size=None)
@@ -650,7 +641,8 @@ def _default_port(scheme: str) -> int:
     return 443 if scheme == "wss" else 80
 
 
-def _run_loop(coro: Any) -> Any:
+def run_loop(coro: Any) -> Any:
+    """Run ``coro`` on uvloop (asyncio without it); its result."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
@@ -670,7 +662,7 @@ def _child(cfg: LoadConfig, conns: int, barrier: Any, conn: Any) -> None:
         barrier.wait(timeout=cfg.connect_timeout * 3)
 
     try:
-        result = _run_loop(_drive(cfg, conns, sync=sync))
+        result = run_loop(_drive(cfg, conns, sync=sync))
     except BaseException as exc:  # noqa: BLE001 - report, never hang the parent
         barrier.abort()
         result = ProcResult(fatal=f"load process failed: {exc!r}")
@@ -701,7 +693,7 @@ def run_load(cfg: LoadConfig, progress: Progress | None = None) -> dict[str, Any
     results: list[ProcResult]
     if cfg.procs <= 1:
         _pin(cfg.cpus)
-        results = [_run_loop(_drive(cfg, cfg.conns, on_window=on_window, progress=progress))]
+        results = [run_loop(_drive(cfg, cfg.conns, on_window=on_window, progress=progress))]
     else:
         import multiprocessing as mp
 
@@ -751,7 +743,7 @@ def _machine_busy() -> float:
     return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0))
 
 
-def _percentiles(ordered: list[tuple[float, int]], qs: list[float]) -> list[float]:
+def percentiles(ordered: list[tuple[float, int]], qs: list[float]) -> list[float]:
     """Quantiles of run-length coded samples sorted by value (nan if none)."""
     total = sum(c for _, c in ordered)
     if not total:
@@ -786,9 +778,9 @@ def _summarise(
         values.frombytes(r.rtt_values)
         counts.frombytes(r.rtt_counts)
     ordered = sorted(zip(values, counts))
-    quantiles = _percentiles(ordered, [0.50, 0.90, 0.99, 0.999, 1.0])
+    quantiles = percentiles(ordered, [0.50, 0.90, 0.99, 0.999, 1.0])
     curve_qs = [q for q in CURVE_QUANTILES if ordered]
-    curve = [[q, x * 1e3] for q, x in zip(curve_qs, _percentiles(ordered, curve_qs))]
+    curve = [[q, x * 1e3] for q, x in zip(curve_qs, percentiles(ordered, curve_qs))]
     # Every process's rates, summed slot by slot (they started together).
     timeline: list[list[float]] = []
     for r in good:

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..codec import frame as _frame
+from ..codec import handshake as handshake_codec
 from ..types import CloseCode
 from . import loadgen
 
@@ -63,7 +64,7 @@ class _Target:
             writer.close()
             raise ConnectionError(f"server answered {lines[0]!r} instead of 101")
         accept = next((line.partition(":")[2].strip() for line in lines[1:] if line.lower().startswith("sec-websocket-accept:")), "")
-        if accept.encode() != loadgen._accept_key(key):
+        if accept.encode() != handshake_codec.accept_key(key):
             writer.close()
             raise ConnectionError(f"bad Sec-WebSocket-Accept {accept!r}")
         return reader, writer
@@ -75,12 +76,8 @@ _CLOSE = _frame.close_payload(CloseCode.NORMAL_CLOSURE, "")
 async def _close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Send a close frame and read until the server's close and EOF."""
     writer.write(_frame.encode_frame(_frame.OP_CLOSE, _CLOSE, mask=os.urandom(4)))
-    frames = _frame.FrameReader(require_mask=False, max_message_size=None)
-    while True:
-        data = await reader.read(65536)
-        if not data:
-            break
-        frames.feed_data(data)
+    while await reader.read(65536):
+        pass  # the server's close frame, then EOF
     writer.close()
 
 
@@ -90,7 +87,7 @@ Scenario = Callable[[loadgen.LoadConfig, "loadgen.ServerProbe | None"], Awaitabl
 def _run(scenario: Scenario, cfg: loadgen.LoadConfig) -> dict[str, Any]:
     """Run a scenario on a fresh event loop, with the server probed if known."""
     probe = loadgen.ServerProbe(cfg.server_pid) if cfg.server_pid else None
-    result: dict[str, Any] = loadgen._run_loop(scenario(cfg, probe))
+    result: dict[str, Any] = loadgen.run_loop(scenario(cfg, probe))
     return result
 
 
@@ -136,7 +133,7 @@ async def _handshakes(cfg: loadgen.LoadConfig, probe: loadgen.ServerProbe | None
     await asyncio.gather(mark(), *(client() for _ in range(cfg.conns)))
     n = len(times)
     ordered = sorted((t, 1) for t in times)
-    p50, p90, p99, p999, top = loadgen._percentiles(ordered, [0.5, 0.9, 0.99, 0.999, 1.0])
+    p50, p90, p99, p999, top = loadgen.percentiles(ordered, [0.5, 0.9, 0.99, 0.999, 1.0])
     cpu = marks["cpu1"] - marks["cpu0"]
     server_cpu = None if probe is None else marks["srv1"] - marks["srv0"]
     fatal = [samples[0]] if not n and samples else []

@@ -273,8 +273,8 @@ async def _run(
         raise CheckError("tls", f"TLS: handshake failed: {getattr(exc, 'reason', None) or exc}") from None
 
     try:
-        await _upgrade(result, reader, writer, host, parts, headers, subprotocol, origin)
-        frames = _Frames(reader, result.extra.pop("rest", b""))
+        rest = await _upgrade(result, reader, writer, parts, headers, subprotocol, origin)
+        frames = _Frames(reader, rest)
         try:
             await _ping(result, frames, writer)
             if send is not None:
@@ -298,12 +298,12 @@ async def _upgrade(
     result: Result,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    host: str,
     parts: Any,
     headers: list[tuple[str, str]],
     subprotocol: str | None,
     origin: str | None,
-) -> None:
+) -> bytes:
+    """Send the upgrade request and check the 101; the bytes after its head."""
     t = time.monotonic()
     key = base64.b64encode(os.urandom(16)).decode()
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -331,7 +331,6 @@ async def _upgrade(
         if len(head) > _MAX_HEAD:
             raise CheckError("bad_handshake", f"the upgrade answer's head is over {_MAX_HEAD} bytes")
     head, _, rest = head.partition(b"\r\n\r\n")
-    result.extra["rest"] = rest
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     fields: dict[str, str] = {}
     for line in header_lines:
@@ -353,6 +352,7 @@ async def _upgrade(
         raise CheckError("bad_accept", f"wrong Sec-WebSocket-Accept: {fields.get('sec-websocket-accept')!r}, expected {expected!r}")
     result.subprotocol = fields.get("sec-websocket-protocol")
     result.upgrade = time.monotonic() - t
+    return rest
 
 
 async def _ping(result: Result, frames: _Frames, writer: asyncio.StreamWriter) -> None:

@@ -90,7 +90,8 @@ def _split_host_port(value: str) -> tuple[str, int]:
         host, _, port = value.partition(":")
     else:
         host, port = value, ""
-    return host, int(port) if port.isdigit() and len(port) <= 5 else 0
+    number = int(port) if port.isdigit() and len(port) <= 5 else 0
+    return host, number if number <= 65535 else 0
 
 
 def _split_quoted(text: str, sep: str) -> list[str]:

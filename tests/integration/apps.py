@@ -105,3 +105,17 @@ class DropsEvery100th(Handler):
         self.count += 1
         if self.count % 100:
             ws.send(data, is_text)
+
+
+class HangsUpAt50(EchoHandler):
+    """Echo, then drop the TCP connection at the 50th message (no close frame)."""
+
+    def on_connect(self, ws):  # type: ignore[no-untyped-def]
+        self.count = 0
+
+    def on_message(self, ws, data, is_text):  # type: ignore[no-untyped-def]
+        self.count += 1
+        if self.count == 50:
+            ws.abort()
+        else:
+            ws.send(data, is_text)

@@ -143,3 +143,10 @@ def test_chart_is_an_svg_with_both_panels(echo_server: ServerProcess, tmp_path: 
     assert len(lines) == 2, path.read_text()[:500]
     texts = " ".join(el.text or "" for el in root.iter() if el.tag.endswith("text"))
     assert "Round-trip latency by percentile" in texts and "Messages per second over time" in texts
+
+
+def test_an_abrupt_disconnect_is_an_error() -> None:
+    with ServerProcess("tests.integration.apps:HangsUpAt50", "--no-access-log") as server:
+        status, result = bench(server.url, "--scenario", "rr", "--connections", "2", *SHORT)
+    assert status == 1, result
+    assert result["errors"].get("connections_lost", 0) == 2, result["errors"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,20 @@ pytestmark = [
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
+async def type_and_see_echo(page: Any, message: str) -> None:
+    """Send ``message`` with the demo page's form; wait until its log shows
+    it sent ("> ") and echoed ("< ")."""
+    await page.fill("#text", message)
+    await page.click("#send")
+    await page.wait_for_function(
+        "text => [...document.querySelectorAll('#log div')].some(d => d.textContent === '< ' + text)",
+        arg=message,
+    )
+    lines = await page.locator("#log div").all_text_contents()
+    assert "> " + message in lines
+    assert "< " + message in lines
+
+
 async def test_demo_page_echoes_in_chromium() -> None:
     handler, log = recording(EchoHandler)
     async with serving(handler) as (server, url):
@@ -55,15 +70,7 @@ async def test_demo_page_echoes_in_chromium() -> None:
                 assert "Chrome" in request.headers["User-Agent"]
 
                 message = "h\u00e9llo from chromium \u2603"
-                await page.fill("#text", message)
-                await page.click("#send")
-                await page.wait_for_function(
-                    "text => [...document.querySelectorAll('#log div')].some(d => d.textContent === '< ' + text)",
-                    arg=message,
-                )
-                lines = await page.locator("#log div").all_text_contents()
-                assert "> " + message in lines
-                assert "< " + message in lines
+                await type_and_see_echo(page, message)
                 assert log.of("message") == [("message", message.encode(), True)]
 
                 # Big and binary messages straight from the page's script.

@@ -31,7 +31,7 @@ from fastws.demo import EchoHandler
 
 from ..conftest import ServerProcess, serving, unit
 from .conftest import cli_codec, eventually
-from .test_browser import ARGS, CHROMIUM, async_playwright
+from .test_browser import ARGS, CHROMIUM, async_playwright, type_and_see_echo
 
 pytestmark = pytest.mark.timeout(int(unit(90)))
 
@@ -196,14 +196,7 @@ async def test_chromium_trusting_the_test_ca_uses_the_demo_over_wss(
         assert await page.evaluate("() => [location.protocol, ws.url]") == ["https:", f"wss://127.0.0.1:{port}/echo"]
         assert sockets == [f"wss://127.0.0.1:{port}/echo"]
 
-        message = "h\u00e9llo \u00fcber TLS \u2603 \u65e5\u672c"
-        await page.fill("#text", message)
-        await page.click("#send")
-        await page.wait_for_function(
-            "text => [...document.querySelectorAll('#log div')].some(d => d.textContent === '< ' + text)",
-            arg=message,
-        )
-        assert "> " + message in await page.locator("#log div").all_text_contents()
+        await type_and_see_echo(page, "h\u00e9llo \u00fcber TLS \u2603 \u65e5\u672c")
 
         # From the page's script: by IP and by name (the certificate's two
         # subjectAltNames), text and binary, and a clean close.

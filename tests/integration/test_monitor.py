@@ -299,3 +299,37 @@ async def test_a_slow_endpoint_never_delays_the_others() -> None:
     assert counts.get(fast, 0) >= 5, counts
     assert counts.get(slow, 0) <= 2, counts
     assert endpoints[1].last is not None and endpoints[1].last.failure == "no_pong"
+
+
+async def hangs_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Reads the request, closes TCP without a word."""
+    await read_head(reader)
+
+
+async def endless_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    writer.write(b"HTTP/1.1 101 Switching Protocols\r\n")
+    for _ in range(100):
+        writer.write(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+        await writer.drain()
+
+
+async def not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+    await writer.drain()
+
+
+@pytest.mark.parametrize(
+    "answer, failure, words",
+    [
+        (hangs_up, "unexpected_close", "before answering the upgrade"),
+        (endless_head, "bad_handshake", "over 16384 bytes"),
+        (not_http, "bad_handshake", "not an HTTP response"),
+    ],
+    ids=["hangs-up", "endless-head", "not-http"],
+)
+async def test_hostile_answers_are_named_and_bounded(answer: Any, failure: str, words: str) -> None:
+    async with raw_server(answer) as url:
+        result = await check(url, timeout=unit(2))
+    assert result.failure == failure and words in (result.error or ""), result

@@ -97,3 +97,21 @@ def test_config_limits_are_checked() -> None:
     with pytest.raises(TypeError, match="forwarded_allow_ips"):
         Config(forwarded_allow_ips="127.0.0.1")  # type: ignore[arg-type]
     assert Config(forwarded_allow_ips=["*"]).forwarded_allow_ips == ("*",)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [("X-Forwarded-For", ",,, ,")],
+        [("Forwarded", ';;;,,"for=')],
+        [("Forwarded", 'for="unterminated')],
+        [("X-Forwarded-For", "\xff garbage:99999")],
+        [("X-Forwarded-For", "x" * 8000)],
+    ],
+    ids=["empty-entries", "separators", "open-quote", "binary", "long"],
+)
+def test_garbage_from_a_trusted_proxy_never_raises(pairs: list[tuple[str, str]]) -> None:
+    # The proxy is trusted, so what it wrote is taken as written, but
+    # nothing it writes can raise or give a port outside 0-65535.
+    found = client(pairs)
+    assert found is None or (isinstance(found[0], str) and 0 <= found[1] <= 65535)
