@@ -24,7 +24,7 @@ ANNOTATE = os.environ.get("FASTWS_ANNOTATE", "") not in ("", "0")
 DEBUG = os.environ.get("FASTWS_DEBUG", "") not in ("", "0")
 
 # Cython sources, each with a hand-written pure-Python twin (<name>_py.py).
-MODULES = ["codec/_frame", "codec/_handshake"]
+MODULES = ["codec/_frame", "codec/_handshake", "bench/_echo"]
 # Pure-Python sources also compiled as they are, with the types of their
 # .pxd: <name>.py is a link to the twin <layer>/_..._py.py, so the twin stays
 # importable beside the compiled module (as aiohttp does with reader_c).

@@ -31,7 +31,13 @@ NO_EXTENSIONS: bool = os.environ.get("FASTWS_NO_EXTENSIONS", "") not in ("", "0"
 #: Every compiled module, as a path under the package without the suffix.
 #: All or none are used: a compiled layer declares the compiled types of the
 #: layer below it and cannot drive a twin.
-COMPILED_MODULES = ("codec/_frame", "codec/_handshake", "protocol/_server_c", "connection/_connection_c")
+COMPILED_MODULES = (
+    "codec/_frame",
+    "codec/_handshake",
+    "protocol/_server_c",
+    "connection/_connection_c",
+    "bench/_echo",
+)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -27,6 +27,14 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
     "large": ("large messages (64 KiB; --size 1048576 for 1 MiB), one in flight per connection", {"conns": 8, "pipeline": 1, "size": 65536}),
     "handshakes": ("connect, upgrade, close, repeat: handshakes/s", {"conns": 32, "pipeline": 1, "size": 0}),
     "idle": ("open N connections and hold them: the server's RSS per connection", {"conns": 1024, "pipeline": 1, "size": 0}),
+    "broadcast": (
+        "one sender, N listeners: deliveries/s of a server that sends every message to every connection",
+        {"conns": 101, "pipeline": 8, "size": 64, "mode": "broadcast"},
+    ),
+    "compressed": (
+        "permessage-deflate on: JSON-like text, compressed each way",
+        {"conns": 16, "pipeline": 8, "size": 1024, "compress": True, "text": True},
+    ),
 }
 
 
@@ -47,6 +55,11 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--size", type=int, help="message size in bytes (default: the scenario's)")
     b.add_argument("--duration", type=float, default=5.0, help="measured seconds (default: 5)")
     b.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring (default: 1)")
+    b.add_argument(
+        "--rate", type=float,
+        help="offer this many messages/s in all (broadcast: from the sender) instead of keeping --in-flight "
+        "messages in flight; each round trip is timed from when its message was due",
+    )  # fmt: skip
     kind = b.add_mutually_exclusive_group()
     kind.add_argument("--text", action="store_true", help="send text messages")
     kind.add_argument("--binary", action="store_true", help="send binary messages (the default)")
@@ -71,6 +84,17 @@ def config_from(args: argparse.Namespace) -> loadgen.LoadConfig:
             settings[key] = value
     if settings["conns"] < 1 or settings["pipeline"] < 1 or settings["size"] < 0:
         raise ValueError("--connections and --in-flight must be at least 1, --size at least 0")
+    if args.rate is not None and args.rate <= 0:
+        raise ValueError("--rate must be positive (messages per second)")
+    if settings.get("mode") == "broadcast":
+        if settings["conns"] < 2:
+            raise ValueError("broadcast needs --connections of at least 2 (one sender, listeners)")
+        if settings["size"] < 8:
+            raise ValueError("broadcast messages carry their send time: --size at least 8")
+    if args.text:
+        settings["text"] = True
+    elif args.binary and settings.get("compress"):
+        raise ValueError("the compressed scenario sends text (JSON-like); drop --binary")
     if args.duration <= 0 or args.warmup < 0 or args.procs < 1:
         raise ValueError("--duration must be positive, --warmup at least 0, --procs at least 1")
     headers = []
@@ -90,8 +114,10 @@ def config_from(args: argparse.Namespace) -> loadgen.LoadConfig:
         pid = loadgen.find_listener_pid(parts.hostname, parts.port or (443 if parts.scheme == "wss" else 80)) if local else None
     else:
         pid = int(args.server_pid)
+    # rr on ws:// reads with blocking C threads: no event loop in the round trip.
+    settings["blocking"] = args.scenario == "rr" and settings["pipeline"] == 1 and parts.scheme == "ws"
     return loadgen.LoadConfig(
-        url=args.url, duration=args.duration, warmup=args.warmup, text=args.text, procs=args.procs,
+        url=args.url, duration=args.duration, warmup=args.warmup, procs=args.procs, rate=args.rate,
         server_pid=pid, cafile=args.cafile, insecure=args.insecure, headers=tuple(headers), subprotocol=args.subprotocol,
         **settings,
     )  # fmt: skip

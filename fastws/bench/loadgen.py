@@ -46,12 +46,15 @@ import importlib.machinery
 import json
 import math
 import os
+import random
 import resource
+import socket
 import ssl
+import struct
 import sys
+import threading
 import time
-from array import array
-from collections import deque
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +64,9 @@ from urllib.parse import urlsplit
 from ..codec import frame as _frame
 from ..codec import handshake as handshake_codec
 from ..types import CloseCode
+from . import echo
+
+now_ns = echo.now_ns
 
 __all__ = ["LoadConfig", "ServerProbe", "format_report", "main", "run_load"]
 
@@ -100,6 +106,18 @@ class LoadConfig:
     #: Extra request headers (auth, cookies) and the subprotocol to ask for.
     headers: tuple[tuple[str, str], ...] = ()
     subprotocol: str | None = None
+    #: A fixed offered rate in messages/s over all connections (broadcast:
+    #: of the sender); None: closed loop, ``pipeline`` in flight each.
+    rate: float | None = None
+    #: "echo": every connection sends and checks its echoes; "broadcast":
+    #: the first connection sends, every connection checks what the server
+    #: broadcasts (the first 8 bytes of each message are its send time).
+    mode: str = "echo"
+    #: Offer permessage-deflate and send JSON-like text compressed.
+    compress: bool = False
+    #: ws:// with one message in flight: blocking reads in C threads, no
+    #: event loop in the round trip (the rr scenario).
+    blocking: bool = False
     connect_timeout: float = 10.0
     close_timeout: float = 3.0
 
@@ -184,6 +202,19 @@ def _self_cpu() -> float:
 # -- the client ------------------------------------------------------------
 
 
+def message_payload(cfg: LoadConfig) -> bytes:
+    """The message a run sends: ASCII for text, random bytes for binary,
+    JSON-like text when compressed (what permessage-deflate is for)."""
+    if cfg.compress:
+        record = '{"seq":%d,"user":"user-%03d","event":"price_update","symbol":"ACME","bid":%d.25,"ask":%d.75,"tags":["live","eu"]}'
+        text = ",".join(record % (i, i % 97, 100 + i % 13, 101 + i % 13) for i in range(cfg.size // 64 + 2))
+        return ("[" + text)[: cfg.size].encode()
+    if cfg.text:
+        return (b"0123456789abcdef" * (cfg.size // 16 + 1))[: cfg.size]
+    # The same bytes in every load process (a broadcast crosses them).
+    return random.Random(cfg.size).randbytes(cfg.size)
+
+
 class _Shared:
     """State of one load-generator process, shared by its connections."""
 
@@ -193,45 +224,44 @@ class _Shared:
         "payload",
         "opcode",
         "mask",
-        "recording",
+        "hist",
         "received",
         "reads",
-        "rtt_values",
-        "rtt_counts",
-        "expected",
-        "mismatches",
         "protocol_errors",
         "lost",
         "unexpected_closes",
         "error_samples",
         "extra_headers",
+        "deflate",
+        "stamped",
     )
 
     def __init__(self, cfg: LoadConfig) -> None:
         lines = [f"{name}: {value}\r\n" for name, value in cfg.headers]
         if cfg.subprotocol:
             lines.append(f"Sec-WebSocket-Protocol: {cfg.subprotocol}\r\n")
+        if cfg.compress:
+            # Our messages are each compressed alone (one frame, built once);
+            # the server may keep its context: we inflate in order.
+            lines.append("Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n")
         self.extra_headers = "".join(lines)
-        if cfg.text:
-            self.payload = (b"0123456789abcdef" * (cfg.size // 16 + 1))[: cfg.size]
-            self.opcode = OP_TEXT
-        else:
-            self.payload = os.urandom(cfg.size)
-            self.opcode = OP_BINARY
+        self.payload = message_payload(cfg)
+        self.opcode = OP_TEXT if cfg.text or cfg.compress else OP_BINARY
         self.mask = os.urandom(4)
-        # One masked frame, encoded once; batches[k] is k of them back to back.
-        self.frame = _frame.encode_frame(self.opcode, self.payload, mask=self.mask)
-        # Up to 1 MiB per batch, built once; bigger ones are built per write.
+        self.deflate = cfg.compress
+        self.stamped = cfg.mode == "broadcast"
+        if cfg.compress:
+            packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+            body = packer.compress(self.payload) + packer.flush(zlib.Z_SYNC_FLUSH)
+            self.frame = _frame.encode_frame(self.opcode, body[:-4], rsv1=True, mask=self.mask)
+        else:
+            # One masked frame, encoded once; batches[k] is k of them back to back.
+            self.frame = _frame.encode_frame(self.opcode, self.payload, mask=self.mask)
         kmax = max(1, min(cfg.pipeline, 2**20 // len(self.frame)))
         self.batches = [self.frame * k for k in range(kmax + 1)]
-        self.recording = False
-        self.received = 0
+        self.hist = echo.Histogram()
+        self.received = 0  #: replies taken off the wire, right or wrong
         self.reads = 0  #: data_received calls with frames (batching diagnostic)
-        #: Round trips, run-length coded: rtt_counts[i] messages took rtt_values[i] s.
-        self.rtt_values = array("d")
-        self.rtt_counts = array("I")
-        self.expected = (self.opcode, self.payload)
-        self.mismatches = 0
         self.protocol_errors = 0
         self.lost = 0
         self.unexpected_closes = 0
@@ -241,13 +271,53 @@ class _Shared:
         """``n`` copies of the masked frame, back to back."""
         return self.batches[n] if n < len(self.batches) else bytes(self.frame * n)
 
+    def stamped_frame(self, now: int) -> bytes:
+        """The broadcast message sent at ``now``: its first 8 bytes are
+        ``now`` (little-endian ns), masked like the rest."""
+        stamp = now.to_bytes(8, "little")
+        head = len(self.frame) - len(self.payload)
+        masked = bytes(b ^ self.mask[i % 4] for i, b in enumerate(stamp))
+        return self.frame[:head] + masked + self.frame[head + 8 :]
+
     def error(self, text: str) -> None:
         if len(self.error_samples) < 5:
             self.error_samples.append(text)
 
 
+def upgrade_request(key: bytes, host: str, path: str, extra_headers: str) -> bytes:
+    """The HTTP/1.1 upgrade request of a load connection."""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
+        "User-Agent: fastws-bench\r\n" + extra_headers + "\r\n"
+    ).encode("latin-1")
+
+
+def check_upgrade(head: str, key: bytes, deflate: bool) -> str | None:
+    """What is wrong with the response head to an upgrade (None: nothing)."""
+    lines = head.split("\r\n")
+    status = lines[0].split(" ", 2)
+    if len(status) < 2 or status[1] != "101":
+        return f"server answered {lines[0]!r} instead of 101"
+    accept = ""
+    extensions = []
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "sec-websocket-accept":
+            accept = value.strip()
+        elif name == "sec-websocket-extensions":
+            extensions.append(value.strip())
+    if accept.encode() != handshake_codec.accept_key(key):
+        return f"bad Sec-WebSocket-Accept {accept!r}"
+    if deflate and not any(e.split(";")[0].strip() == "permessage-deflate" for e in extensions):
+        return "the server did not accept permessage-deflate (the compressed scenario needs it)"
+    return None
+
+
 class EchoClient(asyncio.Protocol):
-    """One connection: handshake by hand, then pipelined echo."""
+    """One connection: the handshake by hand, then the load. Its replies
+    go through a compiled :class:`~fastws.bench._echo.EchoStream`."""
 
     __slots__ = (
         "shared",
@@ -256,38 +326,40 @@ class EchoClient(asyncio.Protocol):
         "transport",
         "opened",
         "closed",
-        "reader",
-        "feed_data",
-        "next_event",
-        "sent",
-        "in_flight",
+        "stream",
+        "inflater",
         "sending",
         "is_open",
         "closing",
         "head",
+        "due",
+        "sender",
+        "own",
     )
 
     def __init__(self, shared: _Shared, host: str, path: str, opened: asyncio.Future[None], closed: asyncio.Future[None]) -> None:
         self.shared = shared
         self.key = base64.b64encode(os.urandom(16))
-        self.request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {self.key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
-            "User-Agent: fastws-bench-loadgen\r\n" + shared.extra_headers + "\r\n"
-        ).encode("latin-1")
+        self.request = upgrade_request(self.key, host, path, shared.extra_headers)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.opened = opened
         self.closed = closed
-        self.reader: Any = None
-        self.feed_data: Any = None
-        self.next_event: Any = None
-        #: Runs of messages in flight: [count, send time], oldest first.
-        self.sent: deque[list[Any]] = deque()
-        self.in_flight = 0
+        self.stream: Any = echo.EchoStream(
+            shared.opcode, shared.payload, shared.hist, stamped=shared.stamped, deflate=shared.deflate
+        )
+        self.inflater: Any = zlib.decompressobj(-15) if shared.deflate else None
         self.sending = False
         self.is_open = False
         self.closing = False
         self.head = b""
+        self.due = 0  #: --rate: when this connection's next message is due (ns)
+        self.sender = False  #: broadcast: this connection sends
+        self.own = 0  #: broadcast sender: messages sent and not yet back
+
+    @property
+    def in_flight(self) -> int:
+        """Messages sent and not answered yet."""
+        return self.own if self.shared.stamped else int(self.stream.in_flight)
 
     # asyncio.Protocol
 
@@ -323,22 +395,10 @@ class EchoClient(asyncio.Protocol):
             return
         head, rest = self.head[:end].decode("latin-1"), self.head[end + 4 :]
         self.head = b""
-        lines = head.split("\r\n")
-        status = lines[0].split(" ", 2)
-        if len(status) < 2 or status[1] != "101":
-            self._refuse(f"server answered {lines[0]!r} instead of 101")
+        problem = check_upgrade(head, self.key, self.shared.deflate)
+        if problem is not None:
+            self._refuse(problem)
             return
-        accept = ""
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "sec-websocket-accept":
-                accept = value.strip()
-        if accept.encode() != handshake_codec.accept_key(self.key):
-            self._refuse(f"bad Sec-WebSocket-Accept {accept!r}")
-            return
-        self.reader = _frame.FrameReader(require_mask=False, max_message_size=None)
-        self.feed_data = self.reader.feed_data
-        self.next_event = self.reader.next_event
         self.is_open = True
         self.opened.set_result(None)
         if rest:
@@ -351,97 +411,79 @@ class EchoClient(asyncio.Protocol):
 
     # frames
 
-    def start(self, now: float, pipeline: int) -> None:
+    def start(self, now: int, pipeline: int) -> None:
         """Put ``pipeline`` messages in flight."""
         self.sending = True
-        self.transport.write(self.shared.batch(pipeline))
-        self.sent.append([pipeline, now])
-        self.in_flight = pipeline
+        self.send(pipeline, now)
+
+    def send(self, n: int, now: int, step: int = 0) -> None:
+        """Write ``n`` messages, due from ``now`` one every ``step`` ns."""
+        shared = self.shared
+        if shared.stamped:
+            self.transport.write(shared.stamped_frame(now) * n)
+            self.own += n
+        else:
+            self.transport.write(shared.batch(n))
+            self.stream.sent(n, now, step)
 
     def _frames(self, data: bytes) -> None:
-        now = time.perf_counter()
+        now = now_ns()
         shared = self.shared
         shared.reads += 1
-        next_event = self.next_event
-        self.feed_data(data)
-        # One C-level compare checks the opcode and every payload byte.
-        expected = shared.expected
-        n = 0
-        while True:
-            try:
-                event = next_event()
-            except _frame.ProtocolError as exc:
+        stream = self.stream
+        before = stream.in_flight if not shared.stamped else stream.matched
+        stream.feed(data, now)
+        if stream.events:
+            self._events(now)
+        # Replies taken (right or wrong) free as many places in flight.
+        if shared.stamped:
+            n = stream.matched - before
+            shared.received += n
+            if self.sender:
+                n = min(n, self.own)  # what came back of ours (all of it: one sender)
+                self.own -= n
+            else:
+                n = 0
+        else:
+            n = before - stream.in_flight
+            shared.received += n
+        if n and self.sending and not self.due:
+            self.send(n, now)
+
+    def _events(self, now: int) -> None:
+        """Handle what the stream could not: pings, closes, wrong replies,
+        compressed messages, protocol errors."""
+        shared = self.shared
+        events = self.stream.events
+        for kind, code, detail in events:
+            if kind == echo.EV_DEFLATED:
+                try:
+                    text = self.inflater.decompress(detail + b"\x00\x00\xff\xff")
+                except zlib.error as exc:
+                    ok = False
+                    shared.error(f"reply does not inflate: {exc}")
+                else:
+                    ok = text == shared.payload
+                    if not ok:
+                        shared.error(f"inflated reply differs from the message sent ({len(text)} bytes, sent {len(shared.payload)})")
+                self.stream.settle(ok, now)
+            elif kind == echo.EV_MISMATCH:
+                shared.error(detail)
+            elif kind == echo.EV_ERROR:
                 shared.protocol_errors += 1
-                shared.error(f"protocol error {exc.code}: {exc}")
+                shared.error(f"protocol error {code}: {detail}")
                 self.closing = True
                 self.transport.abort()
-                return
-            if event == expected:
-                n += 1
-            elif event is None:
-                break
-            elif not self._unusual(event):
-                break
-            elif event[0] == OP_TEXT or event[0] == OP_BINARY:
-                n += 1  # a wrong echo, counted by _unusual
-        if n:
-            self._echoed(n, now)
-
-    def _unusual(self, event: tuple[int, bytes]) -> bool:
-        """Handle an event that is not the expected echo; False: stop reading."""
-        shared = self.shared
-        op = event[0]
-        if op == OP_PING:
-            self.transport.write(_frame.encode_frame(OP_PONG, event[1], mask=shared.mask))
-        elif op == OP_PONG:
-            pass
-        elif op == OP_CLOSE:
-            if not self.closing:
-                shared.unexpected_closes += 1
-                shared.error(f"server closed the connection: {_frame.parse_close(event[1])}")
-                self.closing = True
-                self.transport.write(_frame.encode_frame(OP_CLOSE, event[1][:2], mask=shared.mask))
-            self.sending = False
-            return False
-        else:
-            shared.mismatches += 1
-            if op != shared.opcode:
-                shared.error(f"echo has opcode {op:#x}, sent {shared.opcode:#x}")
-            else:
-                shared.error(f"echo differs from the message sent ({len(event[1])} bytes)")
-        return True
-
-    def _echoed(self, n: int, now: float) -> None:
-        """``n`` echoes arrived at ``now``: time them, send ``n`` more."""
-        shared = self.shared
-        if n > self.in_flight:
-            shared.mismatches += n - self.in_flight
-            shared.error(f"{n - self.in_flight} more echoes than messages sent")
-            n = self.in_flight
-        self.in_flight -= n
-        shared.received += n
-        # Send times are run-length coded, [count, time] per write: echoes
-        # come back in order, so the oldest run is the one being answered.
-        sent = self.sent
-        record = shared.recording
-        left = n
-        while left:
-            run = sent[0]
-            k = run[0]
-            if k > left:
-                run[0] = k - left
-                k = left
-            else:
-                sent.popleft()
-            left -= k
-            if record:
-                shared.rtt_values.append(now - run[1])
-                shared.rtt_counts.append(k)
-        if self.sending:
-            batches = shared.batches
-            self.transport.write(batches[n] if n < len(batches) else shared.frame * n)
-            sent.append([n, now])
-            self.in_flight += n
+            elif code == OP_PING:
+                self.transport.write(_frame.encode_frame(OP_PONG, detail, mask=shared.mask))
+            elif code == OP_CLOSE:
+                if not self.closing:
+                    shared.unexpected_closes += 1
+                    shared.error(f"server closed the connection: {_frame.parse_close(detail)}")
+                    self.closing = True
+                    self.transport.write(_frame.encode_frame(OP_CLOSE, detail[:2], mask=shared.mask))
+                self.sending = False
+        events.clear()
 
     def stop(self) -> None:
         """Stop sending and start the closing handshake (1000)."""
@@ -459,7 +501,7 @@ class _TlsReads(asyncio.BufferedProtocol):
     (an ``mmap`` and a ``munmap`` in the allocator) for each record, which
     made the client, not the server, the limit against a server that sends
     one small record per message. A ``BufferedProtocol`` gets the records
-    decrypted into its own buffer; the client then sees one copy per read.
+    decrypted into its own buffer, which the client parses in place.
     """
 
     __slots__ = ("client", "view")
@@ -475,7 +517,10 @@ class _TlsReads(asyncio.BufferedProtocol):
         return self.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.client.data_received(bytes(self.view[:nbytes]))
+        if self.client.is_open:
+            self.client._frames(self.view[:nbytes])  # parsed in place, before the next read
+        else:
+            self.client.data_received(bytes(self.view[:nbytes]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client.connection_lost(exc)
@@ -490,8 +535,8 @@ class ProcResult:
     window: float = 0.0
     cpu: float = 0.0
     conns: int = 0
-    rtt_values: bytes = b""  #: array("d") bytes
-    rtt_counts: bytes = b""  #: array("I") bytes
+    #: Round trips (or deliveries) of the window: echo.Histogram.to_bytes().
+    hist: bytes = b""
     errors: dict[str, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
     fatal: str | None = None
@@ -499,6 +544,37 @@ class ProcResult:
     tls: str | None = None
     #: Messages/s every 0.5 s from the first send: [seconds, rate] pairs.
     timeline: list[list[float]] = field(default_factory=list)
+    #: Broadcast: messages the sender sent in the window.
+    sent: int = 0
+    #: --rate: messages due but not sent because the in-flight cap was full,
+    #: and the largest delay of a write against its schedule (ns).
+    skipped: int = 0
+    lag: int = 0
+    #: Broadcast, the whole run: messages sent (the sender's process), and
+    #: messages that reached this process's connections.
+    sent_total: int = 0
+    delivered_total: int = 0
+    #: How the replies were read: "event loop" or "blocking threads".
+    io: str = "event loop"
+
+
+class _Target:
+    """Where a run connects: host, port, path, Host header, TLS context."""
+
+    def __init__(self, cfg: LoadConfig) -> None:
+        url = urlsplit(cfg.url)
+        if url.scheme not in ("ws", "wss"):
+            raise ValueError(f"only ws:// and wss:// URLs are supported, not {cfg.url!r}")
+        self.host = url.hostname or "127.0.0.1"
+        self.port = url.port or _default_port(url.scheme)
+        self.context = client_context(cfg.cafile, cfg.insecure, cfg.ecdh_curve) if url.scheme == "wss" else None
+        self.path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        self.netloc = url.netloc
+
+
+#: --rate: the most messages one connection may have in flight; what is due
+#: beyond it is counted as skipped (the server is not keeping up).
+RATE_IN_FLIGHT_CAP = 65536
 
 
 async def _drive(
@@ -507,18 +583,12 @@ async def _drive(
     sync: Callable[[], None] | None = None,
     on_window: Callable[[str], None] | None = None,
     progress: Progress | None = None,
+    first_index: int = 0,
 ) -> ProcResult:
     """Run ``conns`` connections through connect, warmup, window, close."""
-    url = urlsplit(cfg.url)
-    if url.scheme not in ("ws", "wss"):
-        raise ValueError(f"only ws:// and wss:// URLs are supported, not {cfg.url!r}")
-    host = url.hostname or "127.0.0.1"
-    port = url.port or _default_port(url.scheme)
-    context = client_context(cfg.cafile, cfg.insecure, cfg.ecdh_curve) if url.scheme == "wss" else None
-    path = url.path or "/"
-    if url.query:
-        path += "?" + url.query
-    host_header = url.netloc
+    target = _Target(cfg)
+    if cfg.blocking and target.context is None:
+        return await asyncio.get_running_loop().run_in_executor(None, _drive_blocking, cfg, conns, target, sync, on_window, progress)
     loop = asyncio.get_running_loop()
     shared = _Shared(cfg)
     clients: list[EchoClient] = []
@@ -527,9 +597,11 @@ async def _drive(
     async def connect_one() -> None:
         opened: asyncio.Future[None] = loop.create_future()
         done: asyncio.Future[None] = loop.create_future()
-        client = EchoClient(shared, host_header, path, opened, done)
-        protocol: asyncio.BaseProtocol = client if context is None else _TlsReads(client)
-        await loop.create_connection(lambda: protocol, host, port, ssl=context, server_hostname=host if context else None)
+        client = EchoClient(shared, target.netloc, target.path, opened, done)
+        protocol: asyncio.BaseProtocol = client if target.context is None else _TlsReads(client)
+        await loop.create_connection(
+            lambda: protocol, target.host, target.port, ssl=target.context, server_hostname=target.host if target.context else None
+        )
         clients.append(client)
         closed.append(done)
         await opened
@@ -546,28 +618,52 @@ async def _drive(
         return ProcResult(fatal=f"could not open {conns} connections to {cfg.url}: {exc!r}")
     if sync is not None:
         sync()  # every process connected: start together
-    now = time.perf_counter()
-    for c in clients:
-        c.start(now, cfg.pipeline)
+    now = now_ns()
+    # broadcast: the first connection of the first process is the sender
+    senders = (clients[:1] if first_index == 0 else []) if shared.stamped else clients
+    pacer = None
+    skipped = [0]
+    lag = [0]
+    if cfg.rate:
+        # A fixed offered rate, spread evenly over the connections: each
+        # message is timed from when it was due, not from when it was sent.
+        step = max(1, int(1e9 * cfg.conns / cfg.rate)) if not shared.stamped else max(1, int(1e9 / cfg.rate))
+        for i, c in enumerate(senders):
+            c.sending = True
+            c.due = now + (step * (first_index + i)) // max(1, cfg.conns if not shared.stamped else 1)
+        pacer = asyncio.ensure_future(_pace(senders, step, skipped, lag))
+    else:
+        for c in senders:
+            c.start(now, cfg.pipeline)
+    for c in senders:
+        c.sender = True
     timeline: list[list[float]] = []
-    ticker = asyncio.ensure_future(_tick(cfg, shared, timeline, progress))
+    ticker = asyncio.ensure_future(_tick(cfg, shared, timeline, progress, lambda: sum(c.stream.mismatches for c in clients)))
     await asyncio.sleep(cfg.warmup)
     if on_window is not None:
         on_window("start")
     cpu0 = _self_cpu()
     count0 = shared.received
     reads0 = shared.reads
-    shared.recording = True
+    sent0 = senders[0].stream.matched if shared.stamped and senders else 0
+    skipped0 = skipped[0]
+    for c in clients:
+        c.stream.recording = True
     t0 = time.perf_counter()
     await asyncio.sleep(cfg.duration)
     t1 = time.perf_counter()
-    shared.recording = False
+    for c in clients:
+        c.stream.recording = False
     count1 = shared.received
     reads1 = shared.reads
+    sent1 = senders[0].stream.matched if shared.stamped and senders else 0
+    skipped1 = skipped[0]
     cpu1 = _self_cpu()
     if on_window is not None:
         on_window("end")
     ticker.cancel()
+    if pacer is not None:
+        pacer.cancel()
     # Stop sending, and give what is in flight time to come back before
     # closing: an echo still missing then was dropped by the server (a
     # server may drop what it reads after a close frame; this one was read
@@ -580,6 +676,16 @@ async def _drive(
     missing = sum(c.in_flight for c in clients if c.is_open)
     if missing:
         shared.error(f"{missing} message(s) got no echo within {cfg.close_timeout}s (the server dropped them)")
+    if shared.stamped:
+        # Deliveries still on their way: wait until none came for 0.3 s.
+        # Whether every listener had every message is judged over all the
+        # processes (run_load), from these totals.
+        last, quiet_since = -1, time.perf_counter()
+        while time.perf_counter() - quiet_since < 0.3 and time.perf_counter() < drain_end + cfg.close_timeout:
+            seen = sum(c.stream.matched + c.stream.mismatches for c in clients)
+            if seen != last:
+                last, quiet_since = seen, time.perf_counter()
+            await asyncio.sleep(0.05)
     for c in clients:
         c.stop()
     _, pending = await asyncio.wait(closed, timeout=cfg.close_timeout)
@@ -591,7 +697,7 @@ async def _drive(
     if unclean:
         shared.error(f"{unclean} connection(s) not closed by the server within {cfg.close_timeout}s of our close frame")
     errors = {
-        "mismatches": shared.mismatches,
+        "mismatches": sum(c.stream.mismatches for c in clients),
         "protocol_errors": shared.protocol_errors,
         "connections_lost": shared.lost,
         "server_closes": shared.unexpected_closes,
@@ -604,12 +710,178 @@ async def _drive(
         window=t1 - t0,
         cpu=cpu1 - cpu0,
         conns=len(clients),
-        rtt_values=shared.rtt_values.tobytes(),
-        rtt_counts=shared.rtt_counts.tobytes(),
+        hist=shared.hist.to_bytes(),
         errors={k: v for k, v in errors.items() if v},
         error_samples=shared.error_samples,
-        tls=describe_tls(clients[0].transport.get_extra_info("ssl_object")) if context and clients else None,
+        tls=describe_tls(clients[0].transport.get_extra_info("ssl_object")) if target.context and clients else None,
         timeline=timeline,
+        sent=sent1 - sent0,
+        skipped=skipped1 - skipped0,
+        lag=lag[0],
+        sent_total=senders[0].stream.matched + senders[0].own if shared.stamped and senders else 0,
+        delivered_total=sum(c.stream.matched + c.stream.mismatches for c in clients) if shared.stamped else 0,
+    )
+
+
+async def _pace(clients: list[EchoClient], step: int, skipped: list[int], lag: list[int]) -> None:
+    """--rate: every millisecond, send each connection the messages now due.
+
+    Open loop: a slow server does not hold sends back (the echo pipelines),
+    so each round trip is timed from its write; how late the writes were
+    against the schedule (this loop's timer, our own load) is kept apart,
+    in ``lag`` (the largest, ns).
+    """
+    while True:
+        now = now_ns()
+        for c in clients:
+            if not c.sending or now < c.due:
+                continue
+            k = (now - c.due) // step + 1
+            lag[0] = max(lag[0], now - c.due - (k - 1) * step)
+            room = RATE_IN_FLIGHT_CAP - c.in_flight
+            if k > room:
+                skipped[0] += k - max(0, room)
+                k = max(0, room)
+            if k:
+                c.send(k, now)
+            c.due += ((now - c.due) // step + 1) * step
+        await asyncio.sleep(0.001)
+
+
+def _drive_blocking(
+    cfg: LoadConfig,
+    conns: int,
+    target: _Target,
+    sync: Callable[[], None] | None,
+    on_window: Callable[[str], None] | None,
+    progress: Progress | None,
+) -> ProcResult:
+    """The ``rr`` scenario without an event loop: one thread per connection
+    running :meth:`EchoStream.run_blocking` (write, blocking read of the
+    reply, in C with the GIL released)."""
+    shared = _Shared(cfg)
+    socks: list[socket.socket] = []
+    streams: list[Any] = []
+    try:
+        for _ in range(conns):
+            sock = socket.create_connection((target.host, target.port), timeout=cfg.connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            socks.append(sock)
+            key = base64.b64encode(os.urandom(16))
+            sock.sendall(upgrade_request(key, target.netloc, target.path, shared.extra_headers))
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("connection lost during the handshake")
+                head += chunk
+                if len(head) > 65536:
+                    raise ConnectionError("handshake response head too large")
+            end = head.index(b"\r\n\r\n")
+            problem = check_upgrade(head[:end].decode("latin-1"), key, shared.deflate)
+            if problem is not None:
+                raise ConnectionError(problem)
+            stream = echo.EchoStream(shared.opcode, shared.payload, shared.hist)
+            if head[end + 4 :]:
+                stream.feed(head[end + 4 :], now_ns())
+            # Blocking from here; a read that waits longer than close_timeout
+            # for a reply is an error, not a hang.
+            sock.setblocking(True)
+            tv = struct.pack("ll", int(cfg.close_timeout), int((cfg.close_timeout % 1) * 1e6))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            streams.append(stream)
+    except (OSError, ConnectionError) as exc:
+        for s in socks:
+            s.close()
+        return ProcResult(fatal=f"could not open {conns} connections to {cfg.url}: {exc!r}")
+    if sync is not None:
+        sync()
+    start = now_ns()
+    window_start = start + int(cfg.warmup * 1e9)
+    window_end = window_start + int(cfg.duration * 1e9)
+    step = max(1, int(1e9 * cfg.conns / cfg.rate)) if cfg.rate else 0
+    failures: list[str] = []
+
+    def run(sock: socket.socket, stream: Any) -> None:
+        while True:
+            why = stream.run_blocking(sock.fileno(), shared.frame, window_start, window_end, window_end, step)
+            for kind, code, detail in stream.events:
+                if kind == echo.EV_MISMATCH:
+                    shared.error(detail)
+                elif kind == echo.EV_ERROR:
+                    shared.protocol_errors += 1
+                    shared.error(f"protocol error {code}: {detail}")
+                elif code == OP_PING:
+                    sock.sendall(_frame.encode_frame(OP_PONG, detail, mask=shared.mask))
+                elif code == OP_CLOSE:
+                    shared.unexpected_closes += 1
+                    shared.error(f"server closed the connection: {_frame.parse_close(detail)}")
+                    sock.sendall(_frame.encode_frame(OP_CLOSE, detail[:2], mask=shared.mask))
+            stream.events.clear()
+            if why != "events" or stream.closed or stream.failed:
+                break
+        if why is not None and why != "events":
+            failures.append(why)
+
+    threads = [threading.Thread(target=run, args=(s, st), daemon=True) for s, st in zip(socks, streams)]
+    for t in threads:
+        t.start()
+    timeline: list[list[float]] = []
+    marks: dict[str, tuple[float, float, int]] = {}
+    last_t, last_n = time.perf_counter(), 0
+    for which, at in (("start", window_start), ("end", window_end)):
+        while (left := at - now_ns()) > 0:
+            time.sleep(min(0.5, left / 1e9))
+            n = sum(s.matched + s.mismatches for s in streams)
+            t = time.perf_counter()
+            if t - last_t >= 0.45:
+                rate = (n - last_n) / (t - last_t)
+                timeline.append([round((now_ns() - start) / 1e9, 3), rate])
+                if progress is not None:
+                    progress((now_ns() - start) / 1e9, cfg.warmup + cfg.duration, rate, sum(s.mismatches for s in streams) + len(failures))
+                last_t, last_n = t, n
+        if on_window is not None:
+            on_window(which)
+        marks[which] = (time.perf_counter(), _self_cpu(), 0)
+    for t in threads:
+        t.join(cfg.close_timeout + 1)
+    missing = sum(s.in_flight for s in streams)
+    unclean = 0
+    for sock, stream in zip(socks, streams):
+        if not stream.closed and not stream.failed and not any(t.is_alive() for t in threads):
+            try:
+                sock.sendall(_frame.encode_frame(OP_CLOSE, _frame.close_payload(CloseCode.NORMAL_CLOSURE, ""), mask=shared.mask))
+                while sock.recv(65536):
+                    pass  # the server's close frame, then EOF
+            except OSError:
+                unclean += 1
+        sock.close()
+    for why in failures:
+        if why == "EOF":
+            shared.lost += 1
+        shared.error(f"connection failed during the run: {why}")
+    if missing:
+        shared.error(f"{missing} message(s) got no echo within {cfg.close_timeout}s (the server dropped them)")
+    errors = {
+        "mismatches": sum(s.mismatches for s in streams),
+        "protocol_errors": shared.protocol_errors,
+        "connections_lost": shared.lost + sum(1 for w in failures if w != "EOF"),
+        "server_closes": shared.unexpected_closes,
+        "unclean_closes": unclean,
+        "missing_echoes": missing,
+    }
+    window = marks["end"][0] - marks["start"][0]
+    return ProcResult(
+        messages=shared.hist.total,
+        reads=shared.hist.total,
+        window=window,
+        cpu=marks["end"][1] - marks["start"][1],
+        conns=len(streams),
+        hist=shared.hist.to_bytes(),
+        errors={k: v for k, v in errors.items() if v},
+        error_samples=shared.error_samples,
+        timeline=timeline,
+        io="blocking threads",
     )
 
 
@@ -620,7 +892,9 @@ CURVE_QUANTILES = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9
 Progress = Callable[[float, float, float, int], None]
 
 
-async def _tick(cfg: LoadConfig, shared: _Shared, timeline: list[list[float]], progress: Progress | None) -> None:
+async def _tick(
+    cfg: LoadConfig, shared: _Shared, timeline: list[list[float]], progress: Progress | None, mismatches: Callable[[], int]
+) -> None:
     """Note the rate every 0.5 s in ``timeline``; report it to ``progress``."""
     start = last_t = time.perf_counter()
     last_n = shared.received
@@ -632,7 +906,7 @@ async def _tick(cfg: LoadConfig, shared: _Shared, timeline: list[list[float]], p
         rate = (n - last_n) / (now - last_t)
         timeline.append([round(now - start, 3), rate])
         if progress is not None:
-            errors = shared.mismatches + shared.protocol_errors + shared.lost + shared.unexpected_closes
+            errors = mismatches() + shared.protocol_errors + shared.lost + shared.unexpected_closes
             progress(now - start, total, rate, errors)
         last_t, last_n = now, n
 
@@ -655,14 +929,14 @@ def _pin(cpus: tuple[int, ...] | None) -> None:
         os.sched_setaffinity(0, set(cpus))
 
 
-def _child(cfg: LoadConfig, conns: int, barrier: Any, conn: Any) -> None:
+def _child(cfg: LoadConfig, conns: int, first_index: int, barrier: Any, conn: Any) -> None:
     _pin(cfg.cpus)
 
     def sync() -> None:
         barrier.wait(timeout=cfg.connect_timeout * 3)
 
     try:
-        result = run_loop(_drive(cfg, conns, sync=sync))
+        result = run_loop(_drive(cfg, conns, sync=sync, first_index=first_index))
     except BaseException as exc:  # noqa: BLE001 - report, never hang the parent
         barrier.abort()
         result = ProcResult(fatal=f"load process failed: {exc!r}")
@@ -703,9 +977,9 @@ def run_load(cfg: LoadConfig, progress: Progress | None = None) -> dict[str, Any
         barrier = ctx.Barrier(len(shares) + 1)
         pipes = []
         procs = []
-        for n in shares:
+        for i, n in enumerate(shares):
             parent_end, child_end = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_child, args=(cfg, n, barrier, child_end), daemon=True)
+            p = ctx.Process(target=_child, args=(cfg, n, sum(shares[:i]), barrier, child_end), daemon=True)
             p.start()
             child_end.close()
             pipes.append(parent_end)
@@ -772,15 +1046,11 @@ def _summarise(
     good = [r for r in results if not r.fatal]
     messages = sum(r.messages for r in good)
     window = max((r.window for r in good), default=0.0)
-    values = array("d")
-    counts = array("I")
+    hist = echo.Histogram()
     for r in good:
-        values.frombytes(r.rtt_values)
-        counts.frombytes(r.rtt_counts)
-    ordered = sorted(zip(values, counts))
-    quantiles = percentiles(ordered, [0.50, 0.90, 0.99, 0.999, 1.0])
-    curve_qs = [q for q in CURVE_QUANTILES if ordered]
-    curve = [[q, x * 1e3] for q, x in zip(curve_qs, percentiles(ordered, curve_qs))]
+        hist.merge(echo.Histogram.from_bytes(r.hist))
+    quantiles = hist.quantiles([0.50, 0.90, 0.99, 0.999, 1.0]) if hist.total else [math.nan] * 5
+    curve = [[q, x / 1e6] for q, x in zip(CURVE_QUANTILES, hist.quantiles(CURVE_QUANTILES))] if hist.total else []
     # Every process's rates, summed slot by slot (they started together).
     timeline: list[list[float]] = []
     for r in good:
@@ -795,6 +1065,12 @@ def _summarise(
         for k, v in r.errors.items():
             errors[k] = errors.get(k, 0) + v
         samples_text += r.error_samples
+    if cfg.mode == "broadcast" and good and not fatal:
+        # Every connection (the sender's too) must have had every message.
+        undelivered = sum(r.sent_total for r in good) * sum(r.conns for r in good) - sum(r.delivered_total for r in good)
+        if undelivered > 0:
+            errors["missing_deliveries"] = undelivered
+            samples_text.append(f"{undelivered} broadcast deliveries missing: not every connection had every message")
     loadgen_cpu = sum(r.cpu for r in good)
     ncpu = len(cfg.cpus) if cfg.cpus else len(os.sched_getaffinity(0))
     # The client is saturated when its processes use (nearly) all the cores
@@ -811,14 +1087,23 @@ def _summarise(
         "warmup_s": cfg.warmup,
         "window_s": round(window, 4),
         "client_codec": CODEC_NAME,
+        "client_io": good[0].io if good else None,
         "tls": next((r.tls for r in good if r.tls), None),
+        "mode": cfg.mode,
+        "compressed": cfg.compress,
+        "rate_offered": cfg.rate,
+        "rate_skipped": sum(r.skipped for r in good),
+        "rate_lag_max_ms": max((r.lag for r in good), default=0) / 1e6 if cfg.rate else None,
+        "broadcast_sent": sum(r.sent for r in good) if cfg.mode == "broadcast" else None,
+        "broadcast_sent_per_s": sum(r.sent for r in good) / window if cfg.mode == "broadcast" and window else None,
         "messages": messages,
         "msgs_per_s": messages / window if window else 0.0,
         "mbytes_per_s": messages * cfg.size / window / 1e6 if window else 0.0,
         # Echoes per read on the client: how much both sides batch (each
         # read and write is a system call, the main cost of small messages).
         "echoes_per_read": messages / reads if (reads := sum(r.reads for r in good)) else 0.0,
-        "latency_ms": dict(zip(("p50", "p90", "p99", "p999", "max"), (x * 1e3 for x in quantiles))),
+        "latency_ms": dict(zip(("p50", "p90", "p99", "p999", "max"), (x / 1e6 for x in quantiles))),
+        "latency_samples": hist.total,
         "loadgen_cpu_s": loadgen_cpu,
         "loadgen_cpu_pct": 100 * loadgen_cpu / window if window else 0.0,
         "loadgen_cores": loadgen_capacity,
@@ -860,14 +1145,38 @@ def _fmt_num(x: float | None, digits: int = 0) -> str:
 def format_report(r: dict[str, Any]) -> str:
     """The human-readable report of one run."""
     lat = r["latency_ms"]
+    kind = "compressed JSON-like text" if r.get("compressed") else "text" if r["text"] else "binary"
+    if r.get("mode") == "broadcast":
+        what = f"broadcast: 1 sender + {r['conns'] - 1} listeners, {r['size']} B {kind}"
+        load = f"{_fmt_num(r['rate_offered'])} msg/s offered by the sender" if r.get("rate_offered") else f"{r['pipeline']} in flight"
+    else:
+        what = f"echo: {r['conns']} conns x {r['size']} B {kind}"
+        load = f"{_fmt_num(r['rate_offered'])} msg/s offered in all" if r.get("rate_offered") else f"{r['pipeline']} in flight each"
     lines = [
-        f"fastws loadgen -> {r['url']}",
-        f"  scenario    pipelined echo: {r['conns']} conns x {r['pipeline']} in flight x {r['size']} B "
-        f"{'text' if r['text'] else 'binary'}; {r['procs']} load process(es); client codec {r['client_codec']}",
+        f"fastws bench -> {r['url']}",
+        f"  load        {what}, {load}; {r['procs']} load process(es), {r.get('client_io', 'event loop')}; "
+        f"client codec {r['client_codec']}",
         *([f"  tls         {r['tls']}"] if r.get("tls") else []),
         f"  window      {r['window_s']:.2f} s after {r['warmup_s']:g} s warmup; {r['conns_open']} connections open",
-        f"  throughput  {_fmt_num(r['msgs_per_s'])} msg/s  ({r['mbytes_per_s']:.1f} MB/s of payload each way; "
-        f"{r['echoes_per_read']:.1f} echoes per client read)",
+    ]
+    if r.get("mode") == "broadcast":
+        lines.append(
+            f"  throughput  {_fmt_num(r['msgs_per_s'])} deliveries/s ({_fmt_num(r['broadcast_sent_per_s'])} msg/s sent, "
+            f"each to {r['conns_open']} connections)"
+        )
+    else:
+        lines.append(
+            f"  throughput  {_fmt_num(r['msgs_per_s'])} msg/s  ({r['mbytes_per_s']:.1f} MB/s of payload each way; "
+            f"{r['echoes_per_read']:.1f} echoes per client read)"
+        )
+    if r.get("rate_offered"):
+        lines.append(
+            f"  schedule    writes at most {r['rate_lag_max_ms']:.1f} ms behind the offered rate's schedule"
+            + (" (the load generator could not keep up)" if r["rate_lag_max_ms"] > 10 else "")
+        )
+    if r.get("rate_skipped"):
+        lines.append(f"  rate        {r['rate_skipped']:,} due messages not sent: {RATE_IN_FLIGHT_CAP} in flight on a connection (the server fell behind)")
+    lines += [
         f"  latency     p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  "
         f"p99.9 {lat['p999']:.3f}  max {lat['max']:.3f} ms",
         f"  loadgen CPU {r['loadgen_cpu_s']:.2f} s = {r['loadgen_cpu_pct']:.0f}% of one core "

@@ -119,3 +119,39 @@ class HangsUpAt50(EchoHandler):
             ws.abort()
         else:
             ws.send(data, is_text)
+
+
+class Broadcast(Handler):
+    """Callback level: send every message to every open connection, the sender's included."""
+
+    #: One handler is made per connection: the set of connections is the class's.
+    clients: set[object] = set()
+
+    def on_connect(self, ws):  # type: ignore[no-untyped-def]
+        self.clients.add(ws)
+
+    def on_close(self, ws, code, reason):  # type: ignore[no-untyped-def]
+        self.clients.discard(ws)
+
+    def on_message(self, ws, data, is_text):  # type: ignore[no-untyped-def]
+        for client in self.clients:
+            client.send(data, is_text)
+
+
+class BroadcastSkipsOne(Handler):
+    """Broken broadcast: every 10th message misses the connection that came last."""
+
+    order: list[object] = []
+    count = [0]
+
+    def on_connect(self, ws):  # type: ignore[no-untyped-def]
+        self.order.append(ws)
+
+    def on_close(self, ws, code, reason):  # type: ignore[no-untyped-def]
+        self.order.remove(ws)
+
+    def on_message(self, ws, data, is_text):  # type: ignore[no-untyped-def]
+        self.count[0] += 1
+        for client in self.order:
+            if self.count[0] % 10 or client is not self.order[-1]:
+                client.send(data, is_text)
