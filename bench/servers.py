@@ -1,4 +1,5 @@
-"""The echo servers we compare, each on uvloop, in one process but for ``fastws-cli-w2``.
+"""The echo servers we compare, each on uvloop, in one process but for ``fastws-cli-w2`` and
+``granian`` (a supervisor and its workers), and ``socketify`` (a child process).
 
 ``python -m bench.servers NAME --port P`` runs one of:
 
@@ -27,19 +28,63 @@
   fastws.demo:EchoHandler --workers N --no-access-log --log-level warning
   --ws-max-size MAX`` (N = 1, 2), started by this process, which prints
   ``ready`` once the port has N listening sockets (each worker binds its own,
-  ``SO_REUSEPORT``, after the supervisor logs its start line) and accepts a
-  connection, and stops it with SIGTERM. With 2 workers it is a supervisor
+  ``SO_REUSEPORT``, after the supervisor logs its start line) and answers a
+  WebSocket handshake, and stops it with SIGTERM. With 2 workers it is a supervisor
   (plus multiprocessing's resource tracker) and 2 worker processes: the
   load generator measures CPU and RSS of this process's whole tree (this
   wrapper, idle, included), and the kernel spreads connections over the
   workers by a hash of their addresses, not evenly. Pin it to as many CPUs
   as workers (``bench.run --no-pin``, or ``--server-cpus 0-1``), or the
   workers share one.
+- ``uvicorn`` — uvicorn serving the ASGI echo :func:`bench.peer_apps.echo_asgi`,
+  in this process (``uvicorn.Server(config).serve()`` in a task on this
+  process's uvloop loop, signals left to this process), with
+  ``http="httptools"``, ``ws="websockets-sansio"`` (what uvicorn's default
+  ``auto`` picks since 0.50 with ``websockets`` installed, with write flow
+  control since 0.52.1; faster here than the deprecated ``ws="websockets"``,
+  which runs ``websockets.legacy``: about 29.5k against 26.3k echoes/s in
+  one short pipelined run),
+  ``ws_max_size=MAX``, ``ws_per_message_deflate=False``, ``lifespan="off"``,
+  access log off, log level warning; its keepalive pings on, every 20 s, as
+  the ``websockets`` server's.
+- ``granian`` — granian (a Rust server: hyper + tungstenite, its own process
+  model) with its ASGI interface serving the same
+  ``bench.peer_apps:echo_asgi``, ``--loop uvloop --workers 1``, log level
+  warning, no access log, started as a subprocess (in a session of its own)
+  like ``fastws-cli-*``: a supervisor process and one worker process, both
+  measured. granian has no option for the largest message: tungstenite's
+  defaults hold (64 MiB a message, 16 MiB a frame), above ``--max-size``'s
+  default. ASGI rather than granian's own RSGI so that granian and uvicorn
+  run the same app; RSGI's WebSocket support is no richer for an echo (the
+  same messages, no size option either) and it measured no faster here
+  (within the noise of a few runs), so it is only the reference
+  ``granian-rsgi`` (:func:`bench.peer_apps.echo_rsgi`).
+- ``socketify`` — socketify.py (uWebSockets through cffi) with an
+  ``App().ws("/*", ...)`` echo (``ws.send(message, opcode)``),
+  ``max_payload_length=MAX``, compression off, no idle timeout, started as a
+  subprocess (``python -m bench.peer_apps socketify``): socketify runs its
+  libuv loop by polling it from an asyncio loop of its own (uvloop's here),
+  busy while there is traffic, so its CPU time includes that polling.
+- ``NAME-broadcast`` for ``fastws-callback``, ``picows``, ``websockets`` and
+  ``aiohttp`` — for the ``broadcast`` load scenario: every data message that
+  any connection sends goes to every open connection, the sender included,
+  with the same opcode, in the order the server received them. No send waits
+  for a slow listener: fastws' ``ws.send(data, is_text)`` and picows'
+  ``transport.send()`` write at once; ``websockets`` uses its
+  ``broadcast()`` (no backpressure); aiohttp raises each connection's
+  transport high-water mark to 2 GiB - 1 (``set_write_buffer_limits``,
+  uvloop's largest) so that ``send_bytes``/``send_str`` do not wait on
+  ``drain``. A slow listener's frames pile up in its own write buffer
+  instead (fastws drops a peer past ``max_write_buffer``, 16 MiB by
+  default). picows forwards frames as they come, so a fragmented message is
+  not reassembled (the load generator sends none).
 
-All echo text as text and binary as binary, accept any path, answer a close
-frame, negotiate no extension (the load generator offers none), log only
-errors, and allow messages up to ``--max-size`` bytes (16 MiB by default, so
-that large-message runs are not refused by one server's smaller default).
+All (the ``-broadcast`` ones but for what they send back) echo text as text
+and binary as binary, accept any path, answer a close frame, negotiate no
+extension (the load generator offers none), log only errors, and allow
+messages up to ``--max-size`` bytes (16 MiB by default, so that
+large-message runs are not refused by one server's smaller default; granian
+has no such option, see above).
 Each prints one ``ready`` line on stdout once it listens, with a fingerprint
 of the fastws code it loaded (``fastws-build=...``, ``-`` for the peers).
 """
@@ -50,6 +95,7 @@ import argparse
 import asyncio
 import ctypes
 import hashlib
+import importlib.util
 import logging
 import os
 import signal
@@ -57,7 +103,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from ssl import SSLContext
 from typing import Any, Protocol
@@ -205,8 +251,224 @@ async def _aiohttp(host: str, port: int, max_size: int, ssl: SSLContext | None =
     return runner
 
 
+async def _fastws_callback_broadcast(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    """Every message to every open connection (a ``Handler`` keeping the set)."""
+    import fastws
+    from fastws import Connection, ConnectionClosed, Handler
+
+    members: set[Connection] = set()
+
+    class Broadcast(Handler):
+        def on_connect(self, ws: Connection) -> None:
+            members.add(ws)
+
+        def on_message(self, ws: Connection, data: bytes, is_text: bool) -> None:
+            for peer in tuple(members):  # a send may close a peer (on_close) while we loop
+                try:
+                    peer.send(data, is_text)
+                except ConnectionClosed:
+                    pass  # closing: its on_close comes
+
+        def on_close(self, ws: Connection, code: int, reason: str) -> None:
+            members.discard(ws)
+
+    return await fastws.serve(Broadcast, host, port, access_log=False, max_message_size=max_size, ssl=ssl)
+
+
+async def _picows_broadcast(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    """Every frame to every open connection (a ``WSListener`` keeping the set)."""
+    from picows import WSCloseCode, WSListener, WSMsgType, ws_create_server
+
+    members: set[Any] = set()
+
+    class Broadcast(WSListener):
+        def on_ws_connected(self, transport: Any) -> None:
+            members.add(transport)
+
+        def on_ws_disconnected(self, transport: Any) -> None:
+            members.discard(transport)
+
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            msg_type = frame.msg_type
+            if msg_type == WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code() or WSCloseCode.OK)
+                transport.disconnect()
+            elif msg_type != WSMsgType.PING and msg_type != WSMsgType.PONG:
+                payload = frame.get_payload_as_memoryview()
+                # send() copies, and ignores a transport that sent its close frame.
+                for peer in tuple(members):
+                    peer.send(msg_type, payload, frame.fin)
+
+    return await ws_create_server(lambda request: Broadcast(), host, port, max_frame_size=max_size, ssl=ssl)
+
+
+async def _websockets_broadcast(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    """Every message to every open connection, with ``websockets``' ``broadcast()``."""
+    from websockets.asyncio.server import ServerConnection, broadcast, serve
+    from websockets.exceptions import ConnectionClosed
+
+    members: set[ServerConnection] = set()
+
+    async def handler(ws: ServerConnection) -> None:
+        members.add(ws)
+        try:
+            async for message in ws:
+                broadcast(members, message)  # writes at once, skips connections not open
+        except ConnectionClosed:
+            pass
+        finally:
+            members.discard(ws)
+
+    return await serve(handler, host, port, max_size=max_size, ssl=ssl)
+
+
+async def _aiohttp_broadcast(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    """Every message to every open connection, on ``aiohttp.web``."""
+    from aiohttp import WSMsgType, web
+
+    members: set[web.WebSocketResponse] = set()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=max_size)
+        await ws.prepare(request)
+        if request.transport is not None:
+            # Never pause writing: send_*() then never waits on drain(), so a
+            # slow listener cannot hold up a sender (its frames pile up in
+            # its buffer, as with the other servers' non-blocking sends).
+            request.transport.set_write_buffer_limits(high=2**31 - 1)  # uvloop's largest (a C int)
+        members.add(ws)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
+                    for peer in tuple(members):
+                        if peer.closed:
+                            continue
+                        try:
+                            if msg.type == WSMsgType.TEXT:
+                                await peer.send_str(msg.data)
+                            else:
+                                await peer.send_bytes(msg.data)
+                        except ConnectionError:
+                            pass  # closing: its handler removes it
+        finally:
+            members.discard(ws)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl)
+    await site.start()
+    return runner
+
+
+#: Seconds an in-process uvicorn may take to stop gracefully before it is cancelled.
+INPROCESS_STOP_TIMEOUT = 2.0
+
+
+class _InProcess:
+    """uvicorn running as a task of this process: ``await stop()`` stops it
+    gracefully (open WebSockets get a close frame, 1012), ``close()`` at once."""
+
+    def __init__(self, server: Any, task: asyncio.Task[None]) -> None:
+        self.server = server
+        self.task = task
+
+    async def stop(self) -> None:
+        self.server.should_exit = True  # uvicorn's own way out of its main loop
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), INPROCESS_STOP_TIMEOUT)
+        except TimeoutError:
+            self.close()
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.task.cancel()
+
+
+async def _uvicorn(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    """uvicorn serving ``bench.peer_apps:echo_asgi`` in this process (see the module docstring)."""
+    import contextlib
+
+    import uvicorn
+
+    from bench.peer_apps import echo_asgi
+
+    if ssl is not None:
+        raise ValueError("uvicorn has no TLS variant here")
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # This process handles SIGINT/SIGTERM itself (_run), and closes us.
+            yield
+
+    config = uvicorn.Config(
+        echo_asgi, host=host, port=port,
+        # serve() runs on the running loop (this process's uvloop); loop= only
+        # matters to uvicorn.run(), which would make the same choice.
+        loop="uvloop", http="httptools", ws="websockets-sansio",
+        ws_max_size=max_size, ws_per_message_deflate=False, lifespan="off",
+        log_config=None, log_level="warning", access_log=False,
+    )  # fmt: skip
+    server = Server(config)
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + CLI_START_TIMEOUT
+    while not server.started:
+        if task.done():
+            task.result()  # its error, if any
+            raise RuntimeError(f"uvicorn stopped before listening on {host}:{port}")
+        if time.monotonic() > deadline:
+            task.cancel()
+            raise RuntimeError(f"uvicorn: not listening on {host}:{port} after {CLI_START_TIMEOUT:g} s")
+        await asyncio.sleep(0.01)
+    return _InProcess(server, task)
+
+
+def _require(module: str, server: str) -> None:
+    """Fail at once, and plainly, if a subprocess server's package is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise RuntimeError(f"{server}: the {module!r} package is not installed (pip install {module})")
+
+
+async def _granian(
+    host: str, port: int, max_size: int, ssl: SSLContext | None = None, interface: str = "asgi"
+) -> Any:
+    """granian serving ``bench.peer_apps``' echo with ``interface`` (asgi or rsgi), in a subprocess."""
+    if ssl is not None:
+        raise ValueError("granian has no TLS variant here")
+    _require("granian", "granian")
+    target = {"asgi": "bench.peer_apps:echo_asgi", "rsgi": "bench.peer_apps:echo_rsgi"}[interface]
+    cmd = [
+        sys.executable, "-m", "granian", "--interface", interface, "--loop", "uvloop", "--workers", "1",
+        "--host", host, "--port", str(port), "--log-level", "warning", "--no-access-log",
+        # On SIGTERM, kill a worker still waiting for open WebSockets after 1 s.
+        "--workers-kill-timeout", "1", target,
+    ]  # fmt: skip
+    # max_size: granian has no option for it (see the module docstring).
+    return await _start_process(cmd, host, port, f"granian --interface {interface}", stdout=sys.stderr.fileno())
+
+
+async def _granian_rsgi(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    return await _granian(host, port, max_size, ssl, interface="rsgi")
+
+
+async def _socketify(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    """socketify's echo (``bench.peer_apps``), in a subprocess."""
+    if ssl is not None:
+        raise ValueError("socketify has no TLS variant here")
+    _require("socketify", "socketify")
+    cmd = [
+        sys.executable, "-m", "bench.peer_apps", "socketify",
+        "--host", host, "--port", str(port), "--max-size", str(max_size),
+    ]  # fmt: skip
+    return await _start_process(cmd, host, port, "socketify", stdout=sys.stderr.fileno())
+
+
 class _Cli:
-    """A running ``fastws serve`` process (in a session of its own); ``close()`` stops it."""
+    """A running server process (``fastws serve``, granian, socketify), in a
+    session of its own; ``close()`` stops it."""
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
@@ -244,9 +506,62 @@ def _die_with_parent() -> None:
         pass
 
 
+#: A WebSocket handshake request (RFC 6455's sample key) and a masked close frame (1000).
+_PROBE_REQUEST = (
+    "GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+_PROBE_CLOSE = b"\x88\x82\x00\x00\x00\x00\x03\xe8"  # mask 0: the payload is the code itself
+
+
+async def _answers_upgrade(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether the server on ``host:port`` completes a WebSocket handshake
+    (then closed cleanly: our close frame, its answer, EOF)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(_PROBE_REQUEST.format(host=host, port=port).encode("latin-1"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        if not head.startswith(b"HTTP/1.1 101"):
+            return False
+        writer.write(_PROBE_CLOSE)
+        try:
+            await asyncio.wait_for(reader.read(), timeout)  # its close frame, then EOF
+        except (OSError, TimeoutError):
+            pass
+        return True
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return False
+    finally:
+        writer.close()
+
+
+async def _start_process(
+    cmd: list[str], host: str, port: int, what: str, listeners: int = 1, stdout: int | None = None
+) -> _Cli:
+    """Start ``cmd`` (a server of ``listeners`` listening sockets on
+    ``port``) in a session of its own; return it once the port has that many
+    listening sockets and answers a WebSocket handshake. ``stdout``: where
+    its standard output goes (default: ours)."""
+    # Its own session, so that a stuck one is killed whole (killpg), workers included.
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, start_new_session=True, preexec_fn=_die_with_parent)
+    deadline = time.monotonic() + CLI_START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode} before listening")
+        if _listening(port) >= listeners and await _answers_upgrade(host, port):
+            return _Cli(proc)
+        if time.monotonic() > deadline:
+            _Cli(proc).close()
+            raise RuntimeError(f"{what}: not serving on port {port} after {CLI_START_TIMEOUT:g} s")
+        await asyncio.sleep(0.05)
+
+
 async def _fastws_cli(host: str, port: int, max_size: int, ssl: SSLContext | None = None, worker_count: int = 1) -> Any:
     """``python -m fastws serve`` with ``--workers worker_count``, once all its
-    workers listen and the port accepts a connection (see the module docstring)."""
+    workers listen and it answers a WebSocket handshake (see the module docstring)."""
     import fastws  # noqa: F401 - the ready line's fingerprint: the copy the child imports too (same cwd, PYTHONPATH)
 
     if ssl is not None:
@@ -255,24 +570,7 @@ async def _fastws_cli(host: str, port: int, max_size: int, ssl: SSLContext | Non
         sys.executable, "-m", "fastws", "serve", "fastws.demo:EchoHandler", "--host", host, "--port", str(port),
         "--workers", str(worker_count), "--no-access-log", "--log-level", "warning", "--ws-max-size", str(max_size),
     ]  # fmt: skip
-    # Its own session, so that a stuck one is killed whole (killpg), workers included.
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
-    deadline = time.monotonic() + CLI_START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"fastws serve exited with status {proc.returncode} before listening")
-        if _listening(port) >= worker_count:
-            try:
-                _, writer = await asyncio.open_connection(host, port)
-            except OSError:
-                pass
-            else:
-                writer.close()
-                return _Cli(proc)
-        if time.monotonic() > deadline:
-            _Cli(proc).close()
-            raise RuntimeError(f"fastws serve --workers {worker_count}: not listening on port {port} after {CLI_START_TIMEOUT:g} s")
-        await asyncio.sleep(0.05)
+    return await _start_process(cmd, host, port, f"fastws serve --workers {worker_count}", listeners=worker_count)
 
 
 async def _fastws_cli_w1(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
@@ -303,6 +601,17 @@ SERVERS: dict[str, ServerStart] = {
     # Not in the default comparison: the CLI with 1 and 2 worker processes.
     "fastws-cli-w1": _fastws_cli_w1,
     "fastws-cli-w2": _fastws_cli_w2,
+    # Peers that are not in the default comparison (bench.run --servers ...).
+    "uvicorn": _uvicorn,
+    "granian": _granian,
+    "socketify": _socketify,
+    # Not in the default comparison: granian's own interface, RSGI.
+    "granian-rsgi": _granian_rsgi,
+    # For the broadcast scenario: every message to every connection.
+    "fastws-callback-broadcast": _fastws_callback_broadcast,
+    "picows-broadcast": _picows_broadcast,
+    "websockets-broadcast": _websockets_broadcast,
+    "aiohttp-broadcast": _aiohttp_broadcast,
 }
 
 
@@ -367,8 +676,10 @@ async def _run(name: str, host: str, port: int, max_size: int, tls_dir: Path | N
     await stop
     # Stop without ceremony: the benchmark is over, connections are gone.
     close = getattr(keep, "close", None)
-    if name == "aiohttp":
+    if name in ("aiohttp", "aiohttp-broadcast"):
         await keep.cleanup()
+    elif isinstance(keep, _InProcess):
+        await keep.stop()
     elif close is not None:
         close()
 

@@ -15,6 +15,8 @@ __all__ = [
     "Histogram",
     "handshake_loop",
     "now_ns",
+    "ping",
+    "pong",
 ]
 
 MAX_VALUE: Final[int]
@@ -123,3 +125,9 @@ def handshake_loop(
 ) -> tuple[int, list[int], str | None]:
     """Cycle connect, upgrade, close until ``end`` with the GIL released:
     ``(cycles in the window, error counts by HANDSHAKE_ERRORS, first error)``."""
+
+def ping(fd: int, n: int, gap_ns: int, histogram: Histogram) -> str | None:
+    """Wake-up probe, side A: ``n`` one-byte round trips, ``gap_ns`` apart, into ``histogram``."""
+
+def pong(fd: int, n: int) -> str | None:
+    """Wake-up probe, side B: echo ``n`` bytes one at a time."""

@@ -40,6 +40,8 @@ __all__ = [
     "HANDSHAKE_ERRORS",
     "handshake_loop",
     "now_ns",
+    "ping",
+    "pong",
 ]
 
 cdef extern from *:
@@ -921,6 +923,9 @@ def handshake_loop(host, int port, request, accept, close_frame, Histogram histo
     cdef int64_t t0, t1
     cdef uint64_t in_window = 0
     cdef uint64_t counts[6]
+    cdef char status_line[120]
+    cdef Py_ssize_t status_len = 0
+    cdef const char *eol
     cdef char *head = <char *>malloc(HS_HEAD_MAX)
     cdef timespec pause
     if head is NULL:
@@ -954,6 +959,11 @@ def handshake_loop(host, int port, request, accept, close_frame, Histogram histo
                 if first_kind < 0:
                     first_kind = kind
                     first_err = err
+                    if kind == HS_STATUS:
+                        # the head is still in the buffer: keep its first line
+                        eol = <const char *>memmem(head, HS_HEAD_MAX, b"\r\n", 2)
+                        status_len = min(<Py_ssize_t>(eol - head) if eol is not NULL else 0, 120)
+                        memcpy(status_line, head, status_len)
                 pause.tv_sec = 0
                 pause.tv_nsec = 10000000  # a refused connect is not retried in a tight loop
                 clock_nanosleep(CLOCK_MONOTONIC, 0, &pause, NULL)
@@ -966,7 +976,8 @@ def handshake_loop(host, int port, request, accept, close_frame, Histogram histo
         if first_err:
             sample += ": " + strerror(first_err).decode()
         elif first_kind == HS_STATUS:
-            sample += ": the server did not answer 101 Switching Protocols"
+            line = PyBytes_FromStringAndSize(status_line, status_len).decode("latin-1")
+            sample += f": server answered {line!r} instead of 101"
         elif first_kind == HS_ACCEPT:
             sample += ": Sec-WebSocket-Accept missing or wrong"
         elif first_kind == HS_NO_CLOSE:
@@ -974,6 +985,57 @@ def handshake_loop(host, int port, request, accept, close_frame, Histogram histo
         elif first_kind == HS_IO:
             sample += ": the server hung up"
     return in_window, [counts[i] for i in range(1, 6)], sample
+
+
+# -- the wake-up probe -----------------------------------------------------------
+
+
+def ping(int fd, int n, int64_t gap_ns, Histogram histogram not None):
+    """Side A of the wake-up probe: ``n`` times, wait ``gap_ns`` (so the
+    other side's CPU goes idle), write one byte and read it back; each round
+    trip goes into ``histogram``. GIL released; returns an error text or None."""
+    cdef char b = 120
+    cdef int i
+    cdef ssize_t r
+    cdef int64_t t0
+    cdef timespec ts
+    cdef int err = 0
+    with nogil:
+        for i in range(n):
+            ts.tv_sec = gap_ns // 1000000000
+            ts.tv_nsec = gap_ns % 1000000000
+            clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, NULL)
+            t0 = _now()
+            r = write(fd, &b, 1)
+            if r == 1:
+                r = read(fd, &b, 1)
+            if r != 1:
+                err = errno if r < 0 else -1
+                break
+            histogram.add(<uint64_t>(_now() - t0), 1)
+    if err:
+        return "EOF" if err == -1 else strerror(err).decode()
+    return None
+
+
+def pong(int fd, int n):
+    """Side B of the wake-up probe: ``n`` times, read one byte and write it
+    back. GIL released; returns an error text or None."""
+    cdef char b
+    cdef int i
+    cdef ssize_t r
+    cdef int err = 0
+    with nogil:
+        for i in range(n):
+            r = read(fd, &b, 1)
+            if r == 1:
+                r = write(fd, &b, 1)
+            if r != 1:
+                err = errno if r < 0 else -1
+                break
+    if err:
+        return "EOF" if err == -1 else strerror(err).decode()
+    return None
 
 
 _ERRORS = {

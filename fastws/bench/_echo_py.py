@@ -27,6 +27,8 @@ __all__ = [
     "Histogram",
     "handshake_loop",
     "now_ns",
+    "ping",
+    "pong",
 ]
 
 _SUB = 256
@@ -434,8 +436,11 @@ class EchoStream:
 HANDSHAKE_ERRORS = ("refused", "failed", "bad_status", "bad_accept", "no_close")
 
 
-def _one_handshake(addr: tuple[Any, ...], request: bytes, accept: bytes, close_frame: bytes, timeout: float) -> tuple[int, int]:
-    """(kind, errno): 0 for a good cycle, else 1 + HANDSHAKE_ERRORS index."""
+def _one_handshake(
+    addr: tuple[Any, ...], request: bytes, accept: bytes, close_frame: bytes, timeout: float, status: list[bytes]
+) -> tuple[int, int]:
+    """(kind, errno): 0 for a good cycle, else 1 + HANDSHAKE_ERRORS index;
+    a response that is not a 101 leaves its first line in ``status``."""
     try:
         sock = socket.socket(addr[0], socket.SOCK_STREAM)
     except OSError as exc:
@@ -459,6 +464,7 @@ def _one_handshake(addr: tuple[Any, ...], request: bytes, accept: bytes, close_f
                 head += chunk
             end = head.index(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 101"):
+                status[:] = [head.split(b"\r\n", 1)[0][:120]]
                 return 3, 0
             found = False
             for line in head[:end].split(b"\r\n"):
@@ -502,11 +508,12 @@ def handshake_loop(
     in_window = 0
     counts = [0] * 5
     first: tuple[int, int] | None = None
+    status: list[bytes] = [b""]
     while True:
         t0 = now_ns()
         if t0 >= end:
             break
-        kind, err = _one_handshake(addr, request, accept, close_frame, timeout)
+        kind, err = _one_handshake(addr, request, accept, close_frame, timeout, status if first is None else [b""])
         t1 = now_ns()
         if kind == 0:
             if t0 >= window_start and t1 <= window_end:
@@ -524,7 +531,7 @@ def handshake_loop(
         if err:
             sample += ": " + os.strerror(err)
         elif kind == 3:
-            sample += ": the server did not answer 101 Switching Protocols"
+            sample += f": server answered {status[0].decode('latin-1')!r} instead of 101"
         elif kind == 4:
             sample += ": Sec-WebSocket-Accept missing or wrong"
         elif kind == 5:
@@ -532,3 +539,31 @@ def handshake_loop(
         elif kind == 2:
             sample += ": the server hung up"
     return in_window, counts, sample
+
+
+def ping(fd: int, n: int, gap_ns: int, histogram: Histogram) -> str | None:
+    """Side A of the wake-up probe (see the compiled module)."""
+    for _ in range(n):
+        time.sleep(gap_ns / 1e9)
+        t0 = now_ns()
+        try:
+            os.write(fd, b"x")
+            if not os.read(fd, 1):
+                return "EOF"
+        except OSError as exc:
+            return os.strerror(exc.errno or _errno.EIO)
+        histogram.record(now_ns() - t0)
+    return None
+
+
+def pong(fd: int, n: int) -> str | None:
+    """Side B of the wake-up probe (see the compiled module)."""
+    for _ in range(n):
+        try:
+            b = os.read(fd, 1)
+            if not b:
+                return "EOF"
+            os.write(fd, b)
+        except OSError as exc:
+            return os.strerror(exc.errno or _errno.EIO)
+    return None

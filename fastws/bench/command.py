@@ -16,7 +16,8 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import chart, loadgen, scenarios
+from .._version import __version__
+from . import chart, loadgen, machine, scenarios
 
 __all__ = ["SCENARIOS", "add_parser", "run"]
 
@@ -67,6 +68,11 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--subprotocol", help="Sec-WebSocket-Protocol to ask for")
     b.add_argument("--procs", type=int, default=1, help="load-generator processes (default: 1)")
     b.add_argument("--server-pid", default="auto", help="PID of the server to measure: 'auto' (a local listener), a PID, or 'none'")
+    b.add_argument(
+        "--keep-awake", action="store_true",
+        help="run an idle-priority busy loop on every CPU during the run, so no CPU halts between messages "
+        "(virtual machines: waking a halted vCPU can dominate rr and handshake latency; see docs/bench.md)",
+    )  # fmt: skip
     b.add_argument("--insecure", action="store_true", help="wss://: accept any certificate (test certificates)")
     b.add_argument("--cafile", help="wss://: trust the certificates in this PEM file")
     out = b.add_mutually_exclusive_group()
@@ -143,6 +149,43 @@ def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return row
 
 
+#: Names the shape of the JSON document (fastws/bench/result.schema.json).
+SCHEMA = "fastws-bench-result/1"
+
+
+def _common(result: dict[str, Any]) -> None:
+    """The keys every scenario's document has: the headline rate, its unit,
+    and the server's CPU time per operation (the figure that still compares
+    servers on a busy machine)."""
+    scenario = result["scenario"]
+    if scenario == "handshakes":
+        rate, unit, per_op = result["handshakes_per_s"], "handshakes/s", result["server_cpu_us_per_handshake"]
+    elif scenario == "idle":
+        rate, unit, per_op = None, None, None
+    else:
+        rate = result["msgs_per_s"]
+        unit = "deliveries/s" if result.get("mode") == "broadcast" else "msg/s"
+        cpu, n = result.get("server_cpu_s"), result.get("messages")
+        per_op = 1e6 * cpu / n if cpu is not None and n else None
+    result.update(schema=SCHEMA, fastws_version=__version__, rate=rate, rate_unit=unit, server_cpu_us_per_op=per_op)
+
+
+def _elapsed(args: argparse.Namespace) -> float:
+    return float(args.warmup + args.duration)
+
+
+def _run_scenario(args: argparse.Namespace, cfg: loadgen.LoadConfig) -> tuple[dict[str, Any], Any]:
+    if args.scenario == "handshakes":
+        return scenarios.run_handshakes(cfg), scenarios.format_handshakes
+    if args.scenario == "idle":
+        return scenarios.run_idle(cfg), scenarios.format_idle
+    progress = _progress if sys.stderr.isatty() and not (args.json or args.csv) else None
+    result = loadgen.run_load(cfg, progress)
+    if progress is not None:
+        sys.stderr.write("\r\x1b[K")
+    return result, loadgen.format_report
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         if args.chart is not None and (not args.chart.endswith(".svg") or args.scenario in ("handshakes", "idle")):
@@ -153,16 +196,29 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if loadgen.CODEC_NAME != "compiled":
         sys.stderr.write("fastws bench: the compiled codec is not built; the pure-Python parser makes the load generator slow\n")
-    if args.scenario == "handshakes":
-        result, report = scenarios.run_handshakes(cfg), scenarios.format_handshakes
-    elif args.scenario == "idle":
-        result, report = scenarios.run_idle(cfg), scenarios.format_idle
-    else:
-        progress = _progress if sys.stderr.isatty() and not (args.json or args.csv) else None
-        result, report = loadgen.run_load(cfg, progress), loadgen.format_report
-        if progress is not None:
-            sys.stderr.write("\r\x1b[K")
-        result["scenario"] = args.scenario
+    host = machine.wake_probe(n=100)
+    awake = machine.KeepAwake() if args.keep_awake else None
+    if awake is not None:
+        awake.__enter__()
+        host["awake_probe"] = machine.wake_probe(n=100)
+    try:
+        result, report = _run_scenario(args, cfg)
+    finally:
+        if awake is not None:
+            host["keep_awake_cpu_s"] = awake.cpu_seconds()
+            awake.__exit__()
+    host["keep_awake"] = awake is not None
+    result["machine"] = host
+    result["scenario"] = args.scenario
+    _common(result)
+    if awake is not None and result.get("machine_busy_pct") is not None and result.get("window_s"):
+        # The busy loops ran for the whole command, the window is part of it:
+        # charge them pro rata, and leave them out of "other processes".
+        share = result["window_s"] / max(result["window_s"], _elapsed(args))
+        spin_pct = 100 * host["keep_awake_cpu_s"] * share / result["window_s"]
+        result["keep_awake_cpu_pct"] = spin_pct
+        if result.get("other_cpu_pct") is not None:
+            result["other_cpu_pct"] = max(0.0, result["other_cpu_pct"] - spin_pct)
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     elif args.csv:
@@ -171,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         writer.writerow(row.keys())
         writer.writerow(row.values())
     else:
-        sys.stdout.write(f"scenario {args.scenario}: {SCENARIOS[args.scenario][0]}\n" + report(result) + "\n")
+        sys.stdout.write(f"scenario {args.scenario}: {SCENARIOS[args.scenario][0]}\n" + report(result) + "\n" + machine.format_host(host) + "\n")
     if args.chart is not None:
         chart.write_svg(args.chart, result)
     errors = sum(result.get("errors", {}).values())

@@ -277,7 +277,7 @@ class _Shared:
         stamp = now.to_bytes(8, "little")
         head = len(self.frame) - len(self.payload)
         masked = bytes(b ^ self.mask[i % 4] for i, b in enumerate(stamp))
-        return self.frame[:head] + masked + self.frame[head + 8 :]
+        return bytes(self.frame[:head] + masked + self.frame[head + 8 :])
 
     def error(self, text: str) -> None:
         if len(self.error_samples) < 5:
@@ -426,7 +426,7 @@ class EchoClient(asyncio.Protocol):
             self.transport.write(shared.batch(n))
             self.stream.sent(n, now, step)
 
-    def _frames(self, data: bytes) -> None:
+    def _frames(self, data: bytes | memoryview) -> None:
         now = now_ns()
         shared = self.shared
         shared.reads += 1
@@ -833,13 +833,13 @@ def _drive_blocking(
         while (left := at - now_ns()) > 0:
             time.sleep(min(0.5, left / 1e9))
             n = sum(s.matched + s.mismatches for s in streams)
-            t = time.perf_counter()
-            if t - last_t >= 0.45:
-                rate = (n - last_n) / (t - last_t)
+            tick = time.perf_counter()
+            if tick - last_t >= 0.45:
+                rate = (n - last_n) / (tick - last_t)
                 timeline.append([round((now_ns() - start) / 1e9, 3), rate])
                 if progress is not None:
                     progress((now_ns() - start) / 1e9, cfg.warmup + cfg.duration, rate, sum(s.mismatches for s in streams) + len(failures))
-                last_t, last_n = t, n
+                last_t, last_n = tick, n
         if on_window is not None:
             on_window(which)
         marks[which] = (time.perf_counter(), _self_cpu(), 0)
@@ -1015,23 +1015,6 @@ def _machine_busy() -> float:
         return math.nan
     t = psutil.cpu_times()
     return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0))
-
-
-def percentiles(ordered: list[tuple[float, int]], qs: list[float]) -> list[float]:
-    """Quantiles of run-length coded samples sorted by value (nan if none)."""
-    total = sum(c for _, c in ordered)
-    if not total:
-        return [math.nan] * len(qs)
-    out = []
-    i = 0
-    seen = 0
-    for q in sorted(qs):
-        rank = min(total, max(1, math.ceil(q * total)))
-        while seen + ordered[i][1] < rank:
-            seen += ordered[i][1]
-            i += 1
-        out.append(ordered[i][0])
-    return out
 
 
 def _summarise(

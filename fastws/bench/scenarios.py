@@ -7,8 +7,9 @@
 - ``idle``: open ``conns`` connections and hold them for ``duration``; with
   the server's PID, its RSS before and after, per connection.
 
-Both reuse the load generator's configuration, TLS context, server probe and
-percentiles (:mod:`fastws.bench.loadgen`).
+Both reuse the load generator's configuration, TLS context and server probe
+(:mod:`fastws.bench.loadgen`); handshake times go into the compiled
+histogram (:mod:`fastws.bench.echo`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import base64
 import os
 import resource
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,7 +27,7 @@ from urllib.parse import urlsplit
 from ..codec import frame as _frame
 from ..codec import handshake as handshake_codec
 from ..types import CloseCode
-from . import loadgen
+from . import echo, loadgen
 
 __all__ = ["format_handshakes", "format_idle", "run_handshakes", "run_idle"]
 
@@ -92,8 +94,60 @@ def _run(scenario: Scenario, cfg: loadgen.LoadConfig) -> dict[str, Any]:
 
 
 def run_handshakes(cfg: loadgen.LoadConfig) -> dict[str, Any]:
-    """``conns`` clients cycling connect, upgrade, close for warmup + duration."""
+    """``conns`` clients cycling connect, upgrade, close for warmup + duration:
+    on ws://, each a thread running the compiled :func:`handshake_loop`
+    (blocking sockets, GIL released); on wss://, coroutines on the event loop."""
+    if urlsplit(cfg.url).scheme == "ws":
+        return _handshakes_blocking(cfg)
     return _run(_handshakes, cfg)
+
+
+def _handshakes_blocking(cfg: loadgen.LoadConfig) -> dict[str, Any]:
+    target = _Target(cfg)
+    probe = loadgen.ServerProbe(cfg.server_pid) if cfg.server_pid else None
+    key = base64.b64encode(os.urandom(16))
+    request = (
+        f"GET {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: fastws-bench\r\n{target.extra}\r\n"
+    ).encode()
+    close_frame = _frame.encode_frame(_frame.OP_CLOSE, _CLOSE, mask=os.urandom(4))
+    start = echo.now_ns()
+    window_start = start + int(cfg.warmup * 1e9)
+    window_end = window_start + int(cfg.duration * 1e9)
+    hists = [echo.Histogram() for _ in range(cfg.conns)]
+    results: list[Any] = [None] * cfg.conns
+
+    def client(i: int) -> None:
+        results[i] = echo.handshake_loop(
+            target.host, target.port, request, handshake_codec.accept_key(key), close_frame, hists[i],
+            window_start, window_end, window_end, cfg.connect_timeout,
+        )  # fmt: skip
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(cfg.conns)]
+    for t in threads:
+        t.start()
+    time.sleep(max(0.0, (window_start - echo.now_ns()) / 1e9))
+    cpu0, srv0 = _cpu(), probe.sample()[0] if probe else 0.0
+    time.sleep(max(0.0, (window_end - echo.now_ns()) / 1e9))
+    cpu1, srv1 = _cpu(), probe.sample()[0] if probe else 0.0
+    for t in threads:
+        t.join(cfg.connect_timeout * 2)
+    hist = echo.Histogram()
+    for h in hists:
+        hist.merge(h)
+    errors: dict[str, int] = {}
+    samples: list[str] = []
+    for result in results:
+        if result is None:
+            errors["failed"] = errors.get("failed", 0) + 1
+            continue
+        _, counts, sample = result
+        for name, n in zip(echo.HANDSHAKE_ERRORS, counts):
+            if n:
+                errors[name] = errors.get(name, 0) + n
+        if sample and len(samples) < 5:
+            samples.append(sample)
+    return _handshake_result(cfg, hist, errors, samples, cpu1 - cpu0, None if probe is None else srv1 - srv0, "blocking threads")
 
 
 async def _handshakes(cfg: loadgen.LoadConfig, probe: loadgen.ServerProbe | None) -> dict[str, Any]:
@@ -131,16 +185,23 @@ async def _handshakes(cfg: loadgen.LoadConfig, probe: loadgen.ServerProbe | None
         marks["cpu1"], marks["srv1"] = _cpu(), probe.sample()[0] if probe else None
 
     await asyncio.gather(mark(), *(client() for _ in range(cfg.conns)))
-    n = len(times)
-    ordered = sorted((t, 1) for t in times)
-    p50, p90, p99, p999, top = loadgen.percentiles(ordered, [0.5, 0.9, 0.99, 0.999, 1.0])
-    cpu = marks["cpu1"] - marks["cpu0"]
+    hist = echo.Histogram()
+    for t in times:
+        hist.record(int(t * 1e9))
     server_cpu = None if probe is None else marks["srv1"] - marks["srv0"]
+    return _handshake_result(cfg, hist, errors, samples, marks["cpu1"] - marks["cpu0"], server_cpu, "event loop")
+
+
+def _handshake_result(
+    cfg: loadgen.LoadConfig, hist: Any, errors: dict[str, int], samples: list[str], cpu: float, server_cpu: float | None, io: str
+) -> dict[str, Any]:
+    n = hist.total
+    quantiles = hist.quantiles([0.5, 0.9, 0.99, 0.999, 1.0])
     fatal = [samples[0]] if not n and samples else []
     return {
         "url": cfg.url, "scenario": "handshakes", "conns": cfg.conns, "warmup_s": cfg.warmup, "window_s": cfg.duration,
-        "handshakes": n, "handshakes_per_s": n / cfg.duration,
-        "latency_ms": {k: v * 1e3 for k, v in zip(("p50", "p90", "p99", "p999", "max"), (p50, p90, p99, p999, top))},
+        "client_io": io, "handshakes": n, "handshakes_per_s": n / cfg.duration,
+        "latency_ms": dict(zip(("p50", "p90", "p99", "p999", "max"), (v / 1e6 for v in quantiles))),
         "loadgen_cpu_pct": 100 * cpu / cfg.duration, "loadgen_saturated": cpu / cfg.duration >= loadgen.SATURATED,
         "server_pid": cfg.server_pid, "server_cpu_s": server_cpu,
         "server_cpu_us_per_handshake": None if server_cpu is None or not n else 1e6 * server_cpu / n,
@@ -152,7 +213,7 @@ def format_handshakes(r: dict[str, Any]) -> str:
     lat = r["latency_ms"]
     lines = [
         f"fastws bench -> {r['url']}",
-        f"  scenario    handshakes: {r['conns']} clients cycling connect, upgrade, close",
+        f"  scenario    handshakes: {r['conns']} clients cycling connect, upgrade, close ({r['client_io']})",
         f"  throughput  {r['handshakes_per_s']:,.0f} handshakes/s ({r['handshakes']} in {r['window_s']:.2f} s)",
         f"  cycle time  p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  p99.9 {lat['p999']:.3f}  max {lat['max']:.3f} ms",
         f"  loadgen CPU {r['loadgen_cpu_pct']:.0f}% of one core" + ("  <- the load generator was the limit" if r["loadgen_saturated"] else ""),
