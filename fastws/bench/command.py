@@ -78,7 +78,7 @@ def add_parser(sub: Any) -> None:
     out = b.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
     out.add_argument("--csv", action="store_true", help="print a CSV header and one row instead of the report")
-    b.add_argument("--chart", metavar="FILE.svg", help="draw the latency distribution and the rate over time (echo scenarios)")
+    b.add_argument("--chart", metavar="FILE", help="draw the latency distribution and the rate over time to FILE.svg or FILE.png (PNG needs Pillow)")
 
 
 def config_from(args: argparse.Namespace) -> loadgen.LoadConfig:
@@ -188,8 +188,8 @@ def _run_scenario(args: argparse.Namespace, cfg: loadgen.LoadConfig) -> tuple[di
 
 def run(args: argparse.Namespace) -> int:
     try:
-        if args.chart is not None and (not args.chart.endswith(".svg") or args.scenario in ("handshakes", "idle")):
-            raise ValueError("--chart writes an .svg file, for the echo scenarios (pipelined, rr, large)")
+        if args.chart is not None and (not args.chart.lower().endswith((".svg", ".png")) or args.scenario in ("handshakes", "idle")):
+            raise ValueError("--chart writes an .svg or .png file, for the message scenarios (not handshakes or idle)")
         cfg = config_from(args)
     except ValueError as exc:
         sys.stderr.write(f"fastws: error: {exc}\n")
@@ -229,6 +229,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(f"scenario {args.scenario}: {SCENARIOS[args.scenario][0]}\n" + report(result) + "\n" + machine.format_host(host) + "\n")
     if args.chart is not None:
-        chart.write_svg(args.chart, result)
+        try:
+            chart.write_chart(args.chart, result)
+        except RuntimeError as exc:
+            sys.stderr.write(f"fastws: error: {exc}\n")
+            return 2
     errors = sum(result.get("errors", {}).values())
     return 1 if result.get("fatal") or errors else 0
