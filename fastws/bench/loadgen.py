@@ -1127,6 +1127,8 @@ def _fmt_num(x: float | None, digits: int = 0) -> str:
 
 def format_report(r: dict[str, Any]) -> str:
     """The human-readable report of one run."""
+    if r["fatal"] and not r["conns_open"]:
+        return f"fastws bench -> {r['url']}\n  FAILED      " + "\n              ".join(r["fatal"])
     lat = r["latency_ms"]
     kind = "compressed JSON-like text" if r.get("compressed") else "text" if r["text"] else "binary"
     if r.get("mode") == "broadcast":
