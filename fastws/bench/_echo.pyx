@@ -318,7 +318,7 @@ cdef class EchoStream:
     :meth:`sent` notes the send times of the messages written, and each
     matching reply takes the oldest (servers echo in order). Stamped mode
     (``stamped=True``, for broadcasts): the first 8 bytes of each message
-    are its send time (little-endian ``now_ns``), the rest must equal
+    are its send time (little-endian signed ``now_ns``), the rest must equal
     ``payload[8:]``. ``deflate``: RSV1 messages are handed to Python to
     inflate (:data:`EV_DEFLATED`) and settled with :meth:`settle`.
     Round trips go to ``histogram`` while :attr:`recording` is true.
@@ -384,6 +384,8 @@ cdef class EchoStream:
             raise ValueError(f"opcode must be 1 (text) or 2 (binary), not {opcode}")
         if stamped and self.exp_len < 8:
             raise ValueError("a stamped message has at least 8 bytes")
+        if stamped and deflate:
+            raise ValueError("stamped and deflate do not go together (a compressed message's stamp is not read)")
         self.opcode = opcode
         self.stamped = stamped
         self.deflate = deflate

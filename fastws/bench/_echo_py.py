@@ -190,6 +190,8 @@ class EchoStream:
             raise ValueError(f"opcode must be 1 (text) or 2 (binary), not {opcode}")
         if stamped and len(payload) < 8:
             raise ValueError("a stamped message has at least 8 bytes")
+        if stamped and deflate:
+            raise ValueError("stamped and deflate do not go together (a compressed message's stamp is not read)")
         self.expected = bytes(payload)
         self.opcode = opcode
         self.stamped = stamped
@@ -357,7 +359,7 @@ class EchoStream:
             if self._msg_deflated:
                 raise _Stop((EV_DEFLATED, op, message))
             if self.stamped:
-                self._stamp = int.from_bytes(message[:8], "little") if len(message) >= 8 else 0
+                self._stamp = int.from_bytes(message[:8], "little", signed=True) if len(message) >= 8 else 0
                 ok = op == self.opcode and len(message) == len(self.expected) and message[8:] == self.expected[8:]
             else:
                 ok = op == self.opcode and message == self.expected
