@@ -459,6 +459,7 @@ def _one_handshake(
             head = b""
             while b"\r\n\r\n" not in head:
                 if len(head) >= 16383:
+                    status[:] = [head.split(b"\r\n", 1)[0][:120]]
                     return 3, 0
                 chunk = sock.recv(16383 - len(head))
                 if not chunk:

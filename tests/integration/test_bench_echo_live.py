@@ -186,11 +186,6 @@ def test_scripted_servers(echo: ModuleType, head: bytes | None, after: bytes, ki
         assert cycles == 0 and counts[kind - 1] > 0 and sum(counts) == counts[kind - 1], counts
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a response head over 16 KiB that is not a 101: both count bad_status, but the sample differs: "
-    "_echo_py keeps no status line for it (\"server answered '' instead of 101\"), _echo.pyx "
-    "takes the first line from its buffer (\"server answered 'HTTP/1.1 200 OK' instead of 101\")"
-))  # fmt: skip
 def test_a_head_too_large_is_named_alike() -> None:
     twin, compiled = import_module_or_fail(TWIN), import_module_or_fail(COMPILED)
     head = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * 20000 + b"\r\n\r\n"
