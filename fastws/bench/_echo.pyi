@@ -89,6 +89,9 @@ class EchoStream:
     def failed(self) -> bool:
         """A protocol error came; nothing more is parsed."""
     @property
+    def lag_max(self) -> int:
+        """run_blocking with a step: the most a write came after its due time (ns)."""
+    @property
     def events(self) -> list[tuple[Any, ...]]:
         """What needs the caller, oldest first; the caller empties it."""
     def __init__(

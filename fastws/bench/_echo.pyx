@@ -21,7 +21,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport EINTR, errno
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset, strerror
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close, read, write
@@ -374,6 +374,8 @@ cdef class EchoStream:
     cdef uint8_t *rbuf
     cdef Py_ssize_t rpos, rlen
     cdef int64_t rnow, due
+    #: run_blocking with a step: the most a write came after its due time (ns).
+    cdef readonly int64_t lag_max
 
     def __cinit__(self, int opcode, payload, Histogram histogram not None, *, bint stamped=False, bint deflate=False,
                   Py_ssize_t max_deflated=64 * 2**20):
@@ -576,7 +578,12 @@ cdef class EchoStream:
                         return ST_ERROR
                     self.ctrl_len = 0
                 elif op == OPC_CONT:
-                    if self.msg_op == 0 or (b0 & 0x70):
+                    if b0 & 0x70:
+                        self.err_code = CLOSE_PROTOCOL
+                        self.err_kind = 9
+                        used[0] = pos
+                        return ST_ERROR
+                    if self.msg_op == 0:
                         self.err_code = CLOSE_PROTOCOL
                         self.err_kind = 4
                         used[0] = pos
@@ -753,11 +760,16 @@ cdef class EchoStream:
                 now = _now()
                 if now >= end:
                     break
+                # Recorded if written in the window; timed from when it was
+                # due, so a server that falls behind shows its whole delay.
+                self.recording = window_start <= now < window_end
                 if step:
                     if now < self.due:
                         ts.tv_sec = self.due // 1000000000
                         ts.tv_nsec = self.due % 1000000000
                         clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL)
+                    elif now - self.due > self.lag_max:
+                        self.lag_max = now - self.due
                     now = self.due
                     self.due += step
                 done = 0
@@ -771,14 +783,14 @@ cdef class EchoStream:
                     done += r
                 if err:
                     break
-                self.recording = window_start <= now < window_end
                 self._sent(1, now, 0)
-        self.recording = False
         if err:
+            self.recording = False
             return "EOF" if err == -1 else strerror(err).decode()
         if st != ST_MORE:
             self.events.append(self._event(st))
-            return "events"
+            return "events"  # recording stays as it was: the reply in flight is still timed
+        self.recording = False
         return None
 
 
@@ -928,7 +940,7 @@ def handshake_loop(host, int port, request, accept, close_frame, Histogram histo
     cdef char status_line[120]
     cdef Py_ssize_t status_len = 0
     cdef const char *eol
-    cdef char *head = <char *>malloc(HS_HEAD_MAX)
+    cdef char *head = <char *>calloc(1, HS_HEAD_MAX)
     cdef timespec pause
     if head is NULL:
         raise MemoryError()
@@ -1049,4 +1061,5 @@ _ERRORS = {
     6: "reserved bits set with no extension negotiated (RFC 6455 section 5.2)",
     7: "reserved opcode (RFC 6455 section 5.2)",
     8: "compressed message too large to buffer",
+    9: "reserved bits set on a continuation frame (RFC 6455 section 5.2, RFC 7692 section 6: RSV1 only on a message's first frame)",
 }

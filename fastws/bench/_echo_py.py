@@ -78,6 +78,8 @@ class Histogram:
 
     def record(self, value: int, count: int = 1) -> None:
         """Count ``value`` (ns, negative as 0) ``count`` times."""
+        if not -(2**63) <= value < 2**63 or count >= 2**63:
+            raise OverflowError("value and count are 64-bit signed integers")
         if count < 0:
             raise ValueError("count must be at least 0")
         self._add(max(0, value), count)
@@ -164,6 +166,7 @@ _ERRORS = {
     6: "reserved bits set with no extension negotiated (RFC 6455 section 5.2)",
     7: "reserved opcode (RFC 6455 section 5.2)",
     8: "compressed message too large to buffer",
+    9: "reserved bits set on a continuation frame (RFC 6455 section 5.2, RFC 7692 section 6: RSV1 only on a message's first frame)",
 }
 
 
@@ -217,6 +220,7 @@ class EchoStream:
         self._msg_len = 0
         self._ctrl = b""
         self._due = 0
+        self.lag_max = 0
         self._pending = b""  # run_blocking: the rest of a read
         self._pending_now = 0
 
@@ -313,7 +317,9 @@ class EchoStream:
                         raise self._error(3)
                     self._ctrl = b""
                 elif op == 0:
-                    if self._msg_op == 0 or (b0 & 0x70):
+                    if b0 & 0x70:
+                        raise self._error(9)
+                    if self._msg_op == 0:
                         raise self._error(4)
                 elif op in (1, 2):
                     if self._msg_op != 0:
@@ -396,9 +402,8 @@ class EchoStream:
                     self._parse(data, self._pending_now)
                 except _Stop as stop:
                     self._pending = data[self._used :]
-                    self.recording = False
                     self.events.append(stop.event)
-                    return "events"
+                    return "events"  # recording stays: the reply in flight is still timed
                 continue
             if self.in_flight > 0:
                 try:
@@ -416,9 +421,12 @@ class EchoStream:
             now = now_ns()
             if now >= end:
                 break
+            self.recording = window_start <= now < window_end
             if step:
                 if now < self._due:
                     time.sleep((self._due - now) / 1e9)
+                else:
+                    self.lag_max = max(self.lag_max, now - self._due)
                 now = self._due
                 self._due += step
             try:
@@ -428,7 +436,6 @@ class EchoStream:
             except OSError as exc:
                 self.recording = False
                 return os.strerror(exc.errno or _errno.EIO)
-            self.recording = window_start <= now < window_end
             self.sent(1, now)
         self.recording = False
         return None

@@ -737,7 +737,7 @@ async def _pace(clients: list[EchoClient], step: int, skipped: list[int], lag: l
             if not c.sending or now < c.due:
                 continue
             k = (now - c.due) // step + 1
-            lag[0] = max(lag[0], now - c.due - (k - 1) * step)
+            lag[0] = max(lag[0], now - c.due)  # the oldest message now due
             room = RATE_IN_FLIGHT_CAP - c.in_flight
             if k > room:
                 skipped[0] += k - max(0, room)
@@ -882,6 +882,7 @@ def _drive_blocking(
         error_samples=shared.error_samples,
         timeline=timeline,
         io="blocking threads",
+        lag=max((s.lag_max for s in streams), default=0),
     )
 
 
@@ -1032,7 +1033,8 @@ def _summarise(
     hist = echo.Histogram()
     for r in good:
         hist.merge(echo.Histogram.from_bytes(r.hist))
-    quantiles = hist.quantiles([0.50, 0.90, 0.99, 0.999, 1.0]) if hist.total else [math.nan] * 5
+    # Nothing timed: null figures (JSON has no NaN), "-" in the report.
+    quantiles: list[int | None] = list(hist.quantiles([0.50, 0.90, 0.99, 0.999, 1.0])) if hist.total else [None] * 5
     curve = [[q, x / 1e6] for q, x in zip(CURVE_QUANTILES, hist.quantiles(CURVE_QUANTILES))] if hist.total else []
     # Every process's rates, summed slot by slot (they started together).
     timeline: list[list[float]] = []
@@ -1053,7 +1055,7 @@ def _summarise(
         undelivered = sum(r.sent_total for r in good) * sum(r.conns for r in good) - sum(r.delivered_total for r in good)
         if undelivered > 0:
             errors["missing_deliveries"] = undelivered
-            samples_text.append(f"{undelivered} broadcast deliveries missing: not every connection had every message")
+            samples_text.insert(0, f"{undelivered} broadcast deliveries missing: not every connection had every message")
     loadgen_cpu = sum(r.cpu for r in good)
     ncpu = len(cfg.cpus) if cfg.cpus else len(os.sched_getaffinity(0))
     # The client is saturated when its processes use (nearly) all the cores
@@ -1085,7 +1087,7 @@ def _summarise(
         # Echoes per read on the client: how much both sides batch (each
         # read and write is a system call, the main cost of small messages).
         "echoes_per_read": messages / reads if (reads := sum(r.reads for r in good)) else 0.0,
-        "latency_ms": dict(zip(("p50", "p90", "p99", "p999", "max"), (x / 1e6 for x in quantiles))),
+        "latency_ms": dict(zip(("p50", "p90", "p99", "p999", "max"), (None if x is None else x / 1e6 for x in quantiles))),
         "latency_samples": hist.total,
         "loadgen_cpu_s": loadgen_cpu,
         "loadgen_cpu_pct": 100 * loadgen_cpu / window if window else 0.0,
@@ -1125,6 +1127,12 @@ def _fmt_num(x: float | None, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
+def format_latency(lat: dict[str, float | None]) -> str:
+    """``p50 0.033  p90 ...  max 4.390 ms`` ("-" for a figure not measured)."""
+    names = (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p999"), ("max", "max"))
+    return "  ".join(f"{label} {_fmt_num(lat[key], 3)}" for label, key in names) + " ms"
+
+
 def format_report(r: dict[str, Any]) -> str:
     """The human-readable report of one run."""
     if r["fatal"] and not r["conns_open"]:
@@ -1162,8 +1170,7 @@ def format_report(r: dict[str, Any]) -> str:
     if r.get("rate_skipped"):
         lines.append(f"  rate        {r['rate_skipped']:,} due messages not sent: {RATE_IN_FLIGHT_CAP} in flight on a connection (the server fell behind)")
     lines += [
-        f"  latency     p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  "
-        f"p99.9 {lat['p999']:.3f}  max {lat['max']:.3f} ms",
+        f"  latency     {format_latency(lat)}",
         f"  loadgen CPU {r['loadgen_cpu_s']:.2f} s = {r['loadgen_cpu_pct']:.0f}% of one core "
         f"(limit {100 * r['loadgen_cores']}%)",
     ]
@@ -1171,7 +1178,7 @@ def format_report(r: dict[str, Any]) -> str:
         lines += [
             f"  server CPU  {r['server_cpu_s']:.2f} s = {r['server_cpu_pct']:.0f}% of one core (pid {r['server_pid']})",
             f"  server RSS  {r['server_rss_mib']:.1f} MiB (idle before connecting: {_fmt_num(r['server_rss_idle_mib'], 1)} MiB)",
-            f"  efficiency  {_fmt_num(r['msgs_per_server_cpu_s'])} msg per server CPU-second",
+            f"  efficiency  {_fmt_num(r['msgs_per_server_cpu_s'])} {'deliveries' if r.get('mode') == 'broadcast' else 'msg'} per server CPU-second",
         ]
     if r["machine_busy_pct"] is not None:
         other = r["other_cpu_pct"]
@@ -1184,14 +1191,14 @@ def format_report(r: dict[str, Any]) -> str:
     if r["loadgen_saturated"]:
         lines.append(
             "  WARNING     the load generator used ~all of its CPU: it may be the bottleneck; "
-            "msg/s is a lower bound (try --procs, or compare msg per server CPU-second)"
+            "the rate is a lower bound (try --procs, or compare the server's CPU per message)"
         )
     if r["errors"] or r["fatal"]:
         lines.append(f"  ERRORS      {r['errors']} {'; '.join(r['fatal'])}")
         for s in r["error_samples"]:
             lines.append(f"              {s}")
     else:
-        lines.append("  errors      none (every echo matched the message sent)")
+        lines.append("  errors      none (every reply matched the message sent)")
     return "\n".join(lines)
 
 

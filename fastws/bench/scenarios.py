@@ -201,7 +201,7 @@ def _handshake_result(
     return {
         "url": cfg.url, "scenario": "handshakes", "conns": cfg.conns, "warmup_s": cfg.warmup, "window_s": cfg.duration,
         "client_io": io, "handshakes": n, "handshakes_per_s": n / cfg.duration,
-        "latency_ms": dict(zip(("p50", "p90", "p99", "p999", "max"), (v / 1e6 for v in quantiles))),
+        "latency_ms": dict(zip(("p50", "p90", "p99", "p999", "max"), (v / 1e6 if n else None for v in quantiles))),
         "loadgen_cpu_pct": 100 * cpu / cfg.duration, "loadgen_saturated": cpu / cfg.duration >= loadgen.SATURATED,
         "server_pid": cfg.server_pid, "server_cpu_s": server_cpu,
         "server_cpu_us_per_handshake": None if server_cpu is None or not n else 1e6 * server_cpu / n,
@@ -215,7 +215,7 @@ def format_handshakes(r: dict[str, Any]) -> str:
         f"fastws bench -> {r['url']}",
         f"  scenario    handshakes: {r['conns']} clients cycling connect, upgrade, close ({r['client_io']})",
         f"  throughput  {r['handshakes_per_s']:,.0f} handshakes/s ({r['handshakes']} in {r['window_s']:.2f} s)",
-        f"  cycle time  p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  p99.9 {lat['p999']:.3f}  max {lat['max']:.3f} ms",
+        f"  cycle time  {loadgen.format_latency(lat)}",
         f"  loadgen CPU {r['loadgen_cpu_pct']:.0f}% of one core" + ("  <- the load generator was the limit" if r["loadgen_saturated"] else ""),
     ]
     if r["server_cpu_us_per_handshake"] is not None:

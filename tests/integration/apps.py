@@ -155,3 +155,11 @@ class BroadcastSkipsOne(Handler):
         for client in self.order:
             if self.count[0] % 10 or client is not self.order[-1]:
                 client.send(data, is_text)
+
+
+class ShoutsCompressed(Handler):
+    """Echo upper-cased (a broken server for ``fastws bench --scenario compressed``):
+    the messages arrive inflated and leave deflated, as the connection negotiated."""
+
+    def on_message(self, ws, data, is_text):  # type: ignore[no-untyped-def]
+        ws.send(data.upper(), is_text)

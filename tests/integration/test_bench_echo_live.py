@@ -11,6 +11,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Self
 
 import pytest
 
@@ -23,7 +24,6 @@ TWIN, COMPILED = "fastws.bench._echo_py", "fastws.bench._echo"
 
 KEY = base64.b64encode(b"bench echo live!")  # 16 bytes, as a client sends
 CLOSE_FRAME = encode_frame(8, b"\x03\xe8", mask=b"abcd")
-RUN_NS = 500_000_000
 
 
 @pytest.fixture(scope="module", params=[TWIN, COMPILED], ids=["py", "c"])
@@ -45,10 +45,11 @@ def upgrade(port: int, *, websocket: bool = True) -> bytes:
 
 
 def loop(echo: ModuleType, port: int, request: bytes, accept: bytes, seconds: float = 0.5) -> tuple[int, list[int], str | None, object]:
+    """Run for ``seconds``; every cycle started is in the window."""
     h = echo.Histogram()
     t = echo.now_ns()
     end = t + int(seconds * 1e9)
-    cycles, counts, sample = echo.handshake_loop("127.0.0.1", port, request, accept, CLOSE_FRAME, h, t, end, end, unit(2.0))
+    cycles, counts, sample = echo.handshake_loop("127.0.0.1", port, request, accept, CLOSE_FRAME, h, t, t + 10**11, end, unit(2.0))
     return cycles, counts, sample, h
 
 
@@ -56,7 +57,7 @@ def test_good_cycles(echo: ModuleType, server: ServerProcess) -> None:
     cycles, counts, sample, h = loop(echo, server.port, upgrade(server.port), accept_key(KEY))
     assert (counts, sample) == ([0, 0, 0, 0, 0], None)
     assert cycles > 0 and h.total == cycles  # type: ignore[attr-defined]
-    assert 0 < h.min <= h.max < unit(0.5) * 1e9  # type: ignore[attr-defined]
+    assert 0 < h.min <= h.max < unit(2) * 1e9  # type: ignore[attr-defined]
 
 
 def test_only_cycles_in_the_window_are_timed(echo: ModuleType, server: ServerProcess) -> None:
@@ -76,7 +77,7 @@ def test_a_wrong_accept_value(echo: ModuleType, server: ServerProcess) -> None:
 
 
 def test_an_answer_that_is_not_101(echo: ModuleType, server: ServerProcess) -> None:
-    cycles, counts, sample, h = loop(echo, server.port, upgrade(server.port, websocket=False), accept_key(KEY), seconds=0.3)
+    cycles, counts, sample, _h = loop(echo, server.port, upgrade(server.port, websocket=False), accept_key(KEY), seconds=0.3)
     assert cycles == 0 and counts[2] > 0 and counts[0] == counts[1] == counts[3] == counts[4] == 0
     assert sample == "bad_status: server answered 'HTTP/1.1 200 OK' instead of 101"
 
@@ -85,7 +86,7 @@ def test_a_closed_port(echo: ModuleType) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cycles, counts, sample, h = loop(echo, port, upgrade(port), accept_key(KEY), seconds=0.2)
+    cycles, counts, sample, _h = loop(echo, port, upgrade(port), accept_key(KEY), seconds=0.2)
     assert cycles == 0 and counts[0] > 0 and counts[1:] == [0, 0, 0, 0]
     assert counts[0] <= 0.2 / 0.01 + 1  # 10 ms between refused connects
     assert sample == "refused: Connection refused"
@@ -148,7 +149,7 @@ class Scripted(threading.Thread):
                 except OSError:
                     pass  # the client gave up first
 
-    def __enter__(self) -> "Scripted":
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -192,6 +193,6 @@ def test_a_head_too_large_is_named_alike() -> None:
     out = []
     with Scripted(head) as server:
         for mod in (twin, compiled):
-            cycles, counts, sample, h = loop(mod, server.port, upgrade(server.port), ACCEPT, seconds=0.05)
+            cycles, counts, sample, _h = loop(mod, server.port, upgrade(server.port), ACCEPT, seconds=0.05)
             out.append((cycles, counts[2] > 0, sum(counts) == counts[2], sample))
     assert out[0] == out[1]

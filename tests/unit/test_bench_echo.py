@@ -102,9 +102,9 @@ def rarely(draw: st.DrawFn, one_in: int) -> bool:
     return draw(st.sampled_from([False] * (one_in - 1) + [True]))
 
 
-#: Stamps stay below 2**62 here: a stamp with the top bit set is a known
-#: disagreement (test_stamp_with_the_top_bit_set).
-STAMPS = st.integers(0, 2**62)
+#: Any 8 bytes: mostly near the feed times, sometimes anything (a stamp
+#: with the top bit set is negative; see test_stamp_with_the_top_bit_set).
+STAMPS = st.one_of(st.integers(10**9 - 10**8, 10**12), st.integers(0, 2**64 - 1))
 
 VIOLATIONS = [
     "masked", "rsv2", "rsv3", "rsv1_plain", "reserved_op", "lonely_cont", "long_control", "fragmented_control",
@@ -302,8 +302,7 @@ def test_the_package_picks_by_environment() -> None:
     assert picked.__name__ == (TWIN if NO_EXTENSIONS else COMPILED)
 
 
-# Known disagreements, found by the tests above on wider inputs; each is the
-# minimal case.
+# Disagreements the tests above found (now fixed), each as its minimal case.
 
 
 def test_stamp_with_the_top_bit_set(both: tuple[ModuleType, ModuleType]) -> None:
@@ -377,14 +376,14 @@ def test_a_wrong_echo_is_a_mismatch_that_takes_its_slot(echo: ModuleType) -> Non
 
 
 def test_a_shorter_echo_is_a_mismatch(echo: ModuleType) -> None:
-    s, h = stream(echo)
+    s, _h = stream(echo)
     s.sent(1, 0)
     assert s.feed(encode_frame(BINARY, b"hell"), 1) == 0
     assert s.events == [("mismatch", BINARY, "reply differs from the message sent (4 bytes, sent 5)")]
 
 
 def test_a_wrong_opcode_is_a_mismatch(echo: ModuleType) -> None:
-    s, h = stream(echo)
+    s, _h = stream(echo)
     s.sent(1, 0)
     assert s.feed(encode_frame(TEXT, b"hello"), 1) == 0
     assert s.events == [("mismatch", TEXT, "reply has opcode 0x1, sent 0x2")]
@@ -402,7 +401,7 @@ def test_a_reply_with_nothing_in_flight(echo: ModuleType) -> None:
 
 
 def test_the_stream_goes_on_after_a_mismatch(echo: ModuleType) -> None:
-    s, h = stream(echo)
+    s, _h = stream(echo)
     s.sent(3, 0)
     data = encode_frame(BINARY, b"hello") + encode_frame(BINARY, b"xxx") + encode_frame(BINARY, b"hello")
     assert s.feed(data, 1) == 2
@@ -420,7 +419,7 @@ PROTOCOL_VIOLATIONS = [
     ("reserved control opcode 0xb", raw(FIN | 0xB, b""), "5.5"),
     ("reserved control opcode 0xf", raw(FIN | 0xF, b""), "5.5"),
     ("continuation with no start", raw(FIN | CONT, b"hello"), "5.4"),
-    ("rsv1 on a continuation", raw(BINARY, b"he") + raw(FIN | RSV1 | CONT, b"llo"), "5.4"),
+    ("rsv1 on a continuation", raw(BINARY, b"he") + raw(FIN | RSV1 | CONT, b"llo"), "5.2"),
     ("data frame inside a fragmented message", raw(BINARY, b"he") + raw(FIN | BINARY, b"hello"), "5.4"),
     ("ping of 126 bytes", raw(FIN | PING, b"x" * 126), "5.5"),
     ("close of 200 bytes", raw(FIN | CLOSE, b"\x03\xe8" + b"x" * 198), "5.5"),
@@ -471,7 +470,7 @@ def test_rsv1_is_a_compressed_message_with_deflate(echo: ModuleType) -> None:
 
 
 def test_a_compressed_message_too_large_to_buffer(echo: ModuleType) -> None:
-    s, h = stream(echo, deflate=True, max_deflated=10)
+    s, _h = stream(echo, deflate=True, max_deflated=10)
     s.sent(2, 0)
     assert s.feed(encode_frame(BINARY, b"x" * 10, rsv1=True), 1) == 0
     assert s.events == [("deflated", BINARY, b"x" * 10)]
@@ -482,7 +481,7 @@ def test_a_compressed_message_too_large_to_buffer(echo: ModuleType) -> None:
 
 @pytest.mark.parametrize("op, payload", [(PING, b""), (PING, b"are you there"), (PONG, b"x" * 125)])
 def test_ping_and_pong_are_control_events(echo: ModuleType, op: int, payload: bytes) -> None:
-    s, h = stream(echo)
+    s, _h = stream(echo)
     s.sent(1, 0)
     data = encode_frame(op, payload) + encode_frame(BINARY, b"hello")
     assert s.feed(data[:3], 1) + s.feed(data[3:], 2) == 1
@@ -491,7 +490,7 @@ def test_ping_and_pong_are_control_events(echo: ModuleType, op: int, payload: by
 
 
 def test_a_close_frame_ends_the_stream(echo: ModuleType) -> None:
-    s, h = stream(echo)
+    s, _h = stream(echo)
     s.sent(2, 0)
     data = encode_frame(BINARY, b"hello") + encode_frame(CLOSE, b"\x03\xe8bye") + encode_frame(BINARY, b"hello")
     assert s.feed(data, 1) == 1
@@ -502,7 +501,7 @@ def test_a_close_frame_ends_the_stream(echo: ModuleType) -> None:
 
 
 def test_an_empty_close_frame(echo: ModuleType) -> None:
-    s, h = stream(echo)
+    s, _h = stream(echo)
     assert s.feed(encode_frame(CLOSE, b""), 1) == 0
     assert s.events == [("control", CLOSE, b"")] and s.closed
 
@@ -528,7 +527,7 @@ def test_every_length_encoding_split_byte_by_byte_in_the_header(echo: ModuleType
     for enc in (7, 16, 64):
         if enc == 7 and n > 125 or enc == 16 and n > 65535:
             continue
-        s, h = stream(echo, payload)
+        s, _h = stream(echo, payload)
         s.sent(1, 0)
         frame = raw(FIN | BINARY, payload, enc=enc)
         head = 2 + {7: 0, 16: 2, 64: 8}[enc]
@@ -538,7 +537,7 @@ def test_every_length_encoding_split_byte_by_byte_in_the_header(echo: ModuleType
 
 @pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
 def test_feed_takes_any_buffer(echo: ModuleType, kind: Callable[[bytes], Any]) -> None:
-    s, h = stream(echo)
+    s, _h = stream(echo)
     s.sent(1, 0)
     assert s.feed(kind(encode_frame(BINARY, b"hello")), 1) == 1
 
@@ -579,7 +578,7 @@ def test_runs_are_taken_oldest_first_across_a_growing_ring(echo: ModuleType) -> 
 
 
 def test_sent_with_nothing(echo: ModuleType) -> None:
-    s, h = stream(echo)
+    s, _h = stream(echo)
     s.sent(0, 5)
     s.sent(-3, 5)
     assert s.in_flight == 0
@@ -824,7 +823,7 @@ class Peer(threading.Thread):
         self.hang_up_after = hang_up_after
         self.reply = reply or (lambda op, payload: encode_frame(op, payload))
         self.received: list[int] = []
-        self.error: BaseException | None = None
+        self.error: AssertionError | None = None
 
     def run(self) -> None:
         from fastws.bench._echo_py import now_ns
@@ -840,7 +839,7 @@ class Peer(threading.Thread):
                 self.sock.sendall(self.reply(*got))
         except OSError:
             pass  # the test closed its end
-        except BaseException as exc:  # an assertion: reported by the test
+        except AssertionError as exc:  # reported by the test
             self.error = exc
         finally:
             self.sock.close()
@@ -891,7 +890,7 @@ def test_run_blocking_records_only_the_window(echo: ModuleType, pair: tuple[sock
     in_window = sum(ws <= r < we for r in peer.received)
     assert 0 < h.total < s.matched
     assert abs(h.total - in_window) <= 2, (h.total, in_window)
-    assert 0 < h.max < unit(0.5) * 1e9
+    assert 0 < h.max < unit(2) * 1e9
 
 
 def test_run_blocking_with_a_step(echo: ModuleType, pair: tuple[socket.socket, socket.socket]) -> None:
@@ -900,13 +899,16 @@ def test_run_blocking_with_a_step(echo: ModuleType, pair: tuple[socket.socket, s
     s, h = stream(echo, PAYLOAD)
     step = 2 * MS
     t = echo.now_ns()
-    # the window is 30 steps long: exactly 30 due times fall in it
-    ws, we = t + 20 * MS, t + 80 * MS
+    # The due times are t0, t0 + step, ... from the call (t0 a little
+    # after t): a window 30 steps long that starts after t0 and ends well
+    # before ``end`` holds exactly 30 of them, however late the sends.
+    ws = t + int(unit(0.1) * 1e9)
+    we = ws + 30 * step
     end = we + int(unit(0.2) * 1e9)
     assert s.run_blocking(client.fileno(), FRAME, ws, we, end, step) is None
     finish(peer, client)
     assert h.total == 30, h.buckets()
-    assert s.matched == len(peer.received) >= 30 + 9  # and those before the window
+    assert s.matched == len(peer.received) > 30  # and those before and after the window
     assert (s.mismatches, s.in_flight) == (0, 0)
 
 
@@ -917,7 +919,8 @@ def test_run_blocking_stops_for_a_ping_and_goes_on(echo: ModuleType, pair: tuple
     t = echo.now_ns()
     end = t + 100 * MS
     assert s.run_blocking(client.fileno(), FRAME, t, end, end) == "events"
-    assert s.events == [("control", PING, b"ping!")] and not s.recording
+    # recording stays on: the reply still in flight is timed when it comes
+    assert s.events == [("control", PING, b"ping!")] and s.recording
     s.events.clear()
     assert s.run_blocking(client.fileno(), FRAME, t, end, end) is None
     finish(peer, client)
@@ -930,7 +933,7 @@ def test_run_blocking_stops_for_a_ping_and_goes_on(echo: ModuleType, pair: tuple
 def test_run_blocking_returns_eof_when_the_peer_hangs_up(echo: ModuleType, pair: tuple[socket.socket, socket.socket]) -> None:
     client, server = pair
     peer = start_peer(server, hang_up_after=3)
-    s, h = stream(echo, PAYLOAD)
+    s, _h = stream(echo, PAYLOAD)
     t = echo.now_ns()
     assert s.run_blocking(client.fileno(), FRAME, t, t + 10**10, t + 10**10) == "EOF"
     assert not s.recording
@@ -954,7 +957,7 @@ def test_run_blocking_stops_for_a_wrong_echo(echo: ModuleType, pair: tuple[socke
 def test_run_blocking_stops_for_a_close(echo: ModuleType, pair: tuple[socket.socket, socket.socket]) -> None:
     client, server = pair
     peer = start_peer(server, reply=lambda op, payload: encode_frame(op, payload) + encode_frame(CLOSE, b"\x03\xe8"))
-    s, h = stream(echo, PAYLOAD)
+    s, _h = stream(echo, PAYLOAD)
     t = echo.now_ns()
     assert s.run_blocking(client.fileno(), FRAME, t, t + 10**10, t + 10**10) == "events"
     assert s.events == [("control", CLOSE, b"\x03\xe8")] and s.closed and s.matched == 1
@@ -966,7 +969,7 @@ def test_run_blocking_stops_for_a_close(echo: ModuleType, pair: tuple[socket.soc
 def test_run_blocking_stops_for_a_protocol_error(echo: ModuleType, pair: tuple[socket.socket, socket.socket]) -> None:
     client, server = pair
     peer = start_peer(server, reply=lambda op, payload: encode_frame(op, payload, mask=MASK))
-    s, h = stream(echo, PAYLOAD)
+    s, _h = stream(echo, PAYLOAD)
     t = echo.now_ns()
     assert s.run_blocking(client.fileno(), FRAME, t, t + 10**10, t + 10**10) == "events"
     ((kind, code, text),) = s.events
@@ -978,7 +981,7 @@ def test_run_blocking_reports_a_socket_error(echo: ModuleType) -> None:
     a, b = socket.socketpair()
     b.close()
     try:
-        s, h = stream(echo, PAYLOAD)
+        s, _h = stream(echo, PAYLOAD)
         t = echo.now_ns()
         result = s.run_blocking(a.fileno(), FRAME, t, t + 10**10, t + 10**10)
     finally:
