@@ -59,7 +59,8 @@ def add_parser(sub: Any) -> None:
     b.add_argument(
         "--rate", type=float,
         help="offer this many messages/s in all (broadcast: from the sender) instead of keeping --in-flight "
-        "messages in flight; each round trip is timed from when its message was due",
+        "messages in flight (open loop: round trips timed from each write, and how late the writes were is "
+        "reported; rr: each message timed from when it was due)",
     )  # fmt: skip
     kind = b.add_mutually_exclusive_group()
     kind.add_argument("--text", action="store_true", help="send text messages")
