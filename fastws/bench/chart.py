@@ -2,8 +2,8 @@
 the rate over time of one run.
 
 The chart is laid out once, as a list of shapes (lines, polylines, text),
-and drawn by one of two back-ends: SVG, written as text (no library
-needed), or PNG, rasterised with Pillow (``pip install 'fastws[bench]'``).
+and drawn by one of two back-ends: SVG, written as text, or PNG,
+rasterised with Pillow (a dependency, imported only here).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def png(shapes: list[Shape], path: str | Path, scale: int = 2) -> None:
         draw_mod: Any = importlib.import_module("PIL.ImageDraw")
         font_mod: Any = importlib.import_module("PIL.ImageFont")
     except ImportError:
-        raise RuntimeError("--chart FILE.png needs Pillow: pip install 'fastws[bench]' (or write an .svg)") from None
+        raise RuntimeError("--chart FILE.png needs Pillow (pip install pillow), or write an .svg") from None
     image = image_mod.new("RGB", (W * scale, H * scale), "white")
     draw = draw_mod.Draw(image)
     fonts: dict[int, Any] = {}
