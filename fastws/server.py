@@ -148,6 +148,7 @@ class ServerState:
             self._admit if self._limited or self._trusted is not None or self.routes else None
         )
         self.release: Callable[[Connection], None] | None = self._release if self._limited else None
+        self.corked: list[Connection] | None = None
 
     # -- what the server answers itself: metrics, health, the dashboard ----
 
@@ -324,6 +325,7 @@ class _MetricsPort:
         self.process_response: Callable[[Any, Request, Response], Any] | None = None
         self.stats: Any = None  # scrapes are not counted
         self.release: Callable[[Connection], None] | None = None
+        self.corked: list[Connection] | None = None
         self.admit: Callable[[Connection, Request], Response | None] | None = self._answer
         self.routes: dict[str, Callable[[Connection, Request], Response | None]] = {
             "/metrics": state._metrics, "/healthz": lambda conn, request: make_response(200, "OK\n"), "/readyz": state._readyz,

@@ -57,6 +57,11 @@ class ServerContext(Protocol):
     stats: Any
     #: Called when a connection ends (any state), or None.
     release: "Callable[[Connection], None] | None"
+    #: While one connection dispatches what it read: the other connections
+    #: its handlers wrote to, each flushed once when the dispatch ends (a
+    #: broadcast of k messages read at once is one write per listener, not
+    #: k). None outside a dispatch. The server starts it as None.
+    corked: "list[Connection] | None"
 
     def attach_face(self, conn: "Connection") -> None:
         """Make the connection's face (its handler); it calls ``conn.attach``."""

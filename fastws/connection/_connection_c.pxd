@@ -56,7 +56,9 @@ cdef class Connection:
     cdef object _idle_timer
 
     # The per-message path: C calls between these, typed locals.
+    @cython.locals(outer=bint, corked=list, conn=Connection)
     cpdef _process(self)
+    cpdef bint _join_cork(self)
     @cython.locals(proto=ServerProtocol, event=tuple, opcode=int)
     cpdef _dispatch(self)
     @cython.locals(proto=ServerProtocol, out=list, n=Py_ssize_t)

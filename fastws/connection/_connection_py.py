@@ -302,14 +302,20 @@ class Connection:
         """
         proto = self._proto
         proto.send_message(data, text)
-        if not self._batching or proto.out_size >= self._write_limit:
-            # Keep a batch small enough that flow control still sees it.
+        if self._batching:
+            if proto.out_size >= self._write_limit:
+                # Keep a batch small enough that flow control still sees it.
+                self._write_out()
+        elif not self._join_cork():
             self._write_out()
 
     def send_frame(self, opcode: int, data: str | bytes, fin: bool = True) -> None:
         """Send one frame of a fragmented message (opcode 0: continuation)."""
         self._proto.send_frame(opcode, data, fin)
-        if not self._batching or self._proto.out_size >= self._write_limit:
+        if self._batching:
+            if self._proto.out_size >= self._write_limit:
+                self._write_out()
+        elif not self._join_cork():
             self._write_out()
 
     def write_frame(self, frame: bytes) -> bool:
@@ -320,7 +326,10 @@ class Connection:
         """
         if not self._proto.send_encoded(frame):
             return False
-        if not self._batching or self._proto.out_size >= self._write_limit:
+        if self._batching:
+            if self._proto.out_size >= self._write_limit:
+                self._write_out()
+        elif not self._join_cork():
             self._write_out()
         return True
 
@@ -658,15 +667,42 @@ class Connection:
         # Everything the handlers send while this chunk is processed goes out
         # in one write: a pipelining client costs one syscall per read, not
         # one per message. (If the coroutine level already corked the
-        # connection, its scheduled flush covers this chunk too.)
-        if self._batching:
-            self._dispatch()
-            return
-        self._batching = True
+        # connection, its scheduled flush covers this chunk too.) What they
+        # send to other connections is held too (ctx.corked), and each of
+        # those is written once at the end: a broadcast of the k messages of
+        # one read costs a write per listener, not k.
+        ctx = self._ctx
+        outer = ctx.corked is None
+        if outer:
+            ctx.corked = []
         try:
-            self._dispatch()
+            if self._batching:
+                self._dispatch()
+            else:
+                self._batching = True
+                try:
+                    self._dispatch()
+                finally:
+                    self._flush()
         finally:
-            self._flush()
+            if outer:
+                corked = ctx.corked
+                ctx.corked = None
+                for conn in corked:
+                    if conn._transport.is_closing():
+                        conn._batching = False  # closed meanwhile: nothing more goes out
+                    else:
+                        conn._flush()
+
+    def _join_cork(self) -> bool:
+        """Hold what was just queued until the dispatch under way ends
+        (another connection's); False when none is under way."""
+        corked = self._ctx.corked
+        if corked is None:
+            return False
+        self._batching = True
+        corked.append(self)
+        return True
 
     def _dispatch(self) -> None:
         proto = self._proto
