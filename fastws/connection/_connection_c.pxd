@@ -56,7 +56,7 @@ cdef class Connection:
     cdef object _idle_timer
 
     # The per-message path: C calls between these, typed locals.
-    @cython.locals(outer=bint, corked=list, conn=Connection)
+    @cython.locals(corked=list, conn=Connection)
     cpdef _process(self)
     cpdef bint _join_cork(self)
     @cython.locals(proto=ServerProtocol, event=tuple, opcode=int)

@@ -672,9 +672,9 @@ class Connection:
         # those is written once at the end: a broadcast of the k messages of
         # one read costs a write per listener, not k.
         ctx = self._ctx
-        outer = ctx.corked is None
-        if outer:
-            ctx.corked = []
+        corked: "list[Connection] | None" = None
+        if ctx.corked is None:
+            corked = ctx.corked = []
         try:
             if self._batching:
                 self._dispatch()
@@ -685,8 +685,7 @@ class Connection:
                 finally:
                     self._flush()
         finally:
-            if outer:
-                corked = ctx.corked
+            if corked is not None:
                 ctx.corked = None
                 for conn in corked:
                     if conn._transport.is_closing():
