@@ -93,3 +93,4 @@ cpdef bytes encode_frame(int opcode, object payload, bint fin=*, bint rsv1=*, ob
 
 cdef class FrameWriter:
     cpdef bytes frame(self, int opcode, object payload, bint fin=*)
+    cpdef bytes header(self, int opcode, Py_ssize_t length, bint fin=*)

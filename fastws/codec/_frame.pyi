@@ -131,6 +131,9 @@ class FrameWriter:
 
     def frame(self, opcode: int, payload: bytes | bytearray | memoryview | str, fin: bool = True) -> bytes:
         """One unmasked frame: ``encode_frame(opcode, payload, fin)``."""
+    def header(self, opcode: int, length: int, fin: bool = True) -> bytes:
+        """The unmasked header of a data frame of ``length`` payload bytes:
+        ``header(op, len(p)) + p == frame(op, p)``."""
 
 def close_payload(code: int, reason: str = "") -> bytes:
     """Payload of a close frame: the 2-byte code then the UTF-8 reason.

@@ -773,6 +773,33 @@ cdef class FrameWriter:
         """One unmasked frame: ``encode_frame(opcode, payload, fin)``."""
         return encode_frame(opcode, payload, fin, False, None)
 
+    cpdef bytes header(self, int opcode, Py_ssize_t length, bint fin=True):
+        """The unmasked header of a data frame of ``length`` payload bytes:
+        ``header(op, len(p)) + p == frame(op, p)``, so a large payload can
+        be written after it without being copied into a frame."""
+        cdef Py_ssize_t hlen = 2 if length < 126 else (4 if length < 65536 else 10)
+        cdef bytes out
+        cdef unsigned char* p
+        cdef int i
+        if opcode < 0 or opcode > OPCODE_BINARY:
+            raise ValueError(f"header() is for data frames, not opcode {opcode} (RFC 6455 section 5.2)")
+        if length < 0:
+            raise ValueError("length must be at least 0")
+        out = PyBytes_FromStringAndSize(NULL, hlen)
+        p = <unsigned char*>PyBytes_AS_STRING(out)
+        p[0] = <unsigned char>((0x80 if fin else 0) | opcode)
+        if length < 126:
+            p[1] = <unsigned char>length
+        elif length < 65536:
+            p[1] = 126
+            p[2] = <unsigned char>(length >> 8)
+            p[3] = <unsigned char>length
+        else:
+            p[1] = 127
+            for i in range(8):
+                p[2 + i] = <unsigned char>((<uint64_t>length) >> (56 - 8 * i))
+        return out
+
 
 def close_payload(int code, str reason=""):
     """Payload of a close frame; ``b""`` for 1005, which means "no status".

@@ -397,6 +397,20 @@ class FrameWriter:
         """One unmasked frame: ``encode_frame(opcode, payload, fin)``."""
         return encode_frame(opcode, payload, fin)
 
+    def header(self, opcode: int, length: int, fin: bool = True) -> bytes:
+        """The unmasked header of a data frame of ``length`` payload bytes
+        (``header(op, len(p)) + p == frame(op, p)``)."""
+        if opcode not in _DATA_OPCODES:
+            raise ValueError(f"header() is for data frames, not opcode {opcode} (RFC 6455 section 5.2)")
+        if length < 0:
+            raise ValueError("length must be at least 0")
+        b0 = (0x80 if fin else 0) | opcode
+        if length < 126:
+            return bytes((b0, length))
+        if length < 65536:
+            return bytes((b0, 126)) + length.to_bytes(2, "big")
+        return bytes((b0, 127)) + length.to_bytes(8, "big")
+
 
 def close_payload(code: int, reason: str = "") -> bytes:
     """Payload of a close frame; ``b""`` for 1005, which means "no status".

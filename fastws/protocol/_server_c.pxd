@@ -14,6 +14,7 @@ cdef int OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG
 cdef int FLAG_RSV1
 cdef int CONNECTING, OPEN, CLOSING, CLOSED
 cdef int PENDING_NONE, PENDING_CLOSE, PENDING_FAIL
+cdef Py_ssize_t SPLIT_ABOVE
 
 
 @cython.final

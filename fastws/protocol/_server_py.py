@@ -87,6 +87,8 @@ SelectSubprotocol = Callable[[Sequence[str]], "str | None"]
 #: Upper bounds (seconds) of the ping round-trip histogram's buckets.
 #: Distinct request paths counted; a client cannot grow the table further.
 MAX_PATHS = 1024
+#: A bytes message this large is queued as its header and itself (no copy).
+SPLIT_ABOVE = 65536
 RTT_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -667,12 +669,22 @@ class ServerProtocol:
             opcode = OP_TEXT if isinstance(data, str) else OP_BINARY
         else:
             opcode = OP_TEXT if text else OP_BINARY
-        if self.deflate is None:
-            frame = self._writer.frame(opcode, data)
-        else:
+        if self.deflate is not None:
             frame = self.deflate.frame(opcode, data)
-        self.out.append(frame)
-        size = len(frame)
+            self.out.append(frame)
+            size = len(frame)
+        elif type(data) is bytes and len(data) >= SPLIT_ABOVE:
+            # Header and payload go out as two buffers of one writev: a
+            # large payload is not copied into a frame (bytes do not change,
+            # so holding it until the write is safe).
+            frame = self._writer.header(opcode, len(data))
+            self.out.append(frame)
+            self.out.append(data)
+            size = len(frame) + len(data)
+        else:
+            frame = self._writer.frame(opcode, data)
+            self.out.append(frame)
+            size = len(frame)
         self.out_size += size
         stats = self.stats
         if stats is not None:

@@ -900,14 +900,15 @@ def test_run_blocking_with_a_step(echo: ModuleType, pair: tuple[socket.socket, s
     step = 2 * MS
     t = echo.now_ns()
     # The due times are t0, t0 + step, ... from the call (t0 a little
-    # after t): a window 30 steps long that starts after t0 and ends well
-    # before ``end`` holds exactly 30 of them, however late the sends.
+    # after t); a message is recorded when it is written inside the window
+    # (timed from its due time), so a window 30 steps long holds 30 of them,
+    # give or take one at each edge when a write is late.
     ws = t + int(unit(0.1) * 1e9)
     we = ws + 30 * step
     end = we + int(unit(0.2) * 1e9)
     assert s.run_blocking(client.fileno(), FRAME, ws, we, end, step) is None
     finish(peer, client)
-    assert h.total == 30, h.buckets()
+    assert 29 <= h.total <= 31, h.buckets()
     assert s.matched == len(peer.received) > 30  # and those before and after the window
     assert (s.mismatches, s.in_flight) == (0, 0)
 

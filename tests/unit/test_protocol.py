@@ -726,9 +726,36 @@ class TestFrames:
     def test_send(self, Protocol: type, call: Callable[[Any], Any], expected: bytes) -> None:
         p = opened(Protocol)
         call(p)
-        assert p.out == [expected]
+        assert b"".join(p.out) == expected
         assert p.out_size == len(expected)
         assert p.state == OPEN
+
+    def test_a_large_bytes_message_is_queued_without_a_copy(self, Protocol: type) -> None:
+        p = opened(Protocol)
+        payload = b"z" * 65536
+        p.send_message(payload)
+        assert len(p.out) == 2 and p.out[1] is payload  # header, then the object itself
+        assert p.out[0] == b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00"
+        assert p.out_size == 10 + 65536
+
+    @pytest.mark.parametrize("payload", [bytearray(b"z" * 65536), memoryview(b"z" * 70000), b"z" * 65535, "z" * 70000])
+    def test_other_messages_are_one_frame(self, Protocol: type, payload: Any) -> None:
+        # A bytearray or memoryview may change after send(): it is copied
+        # into its frame; so are smaller messages and str.
+        p = opened(Protocol)
+        p.send_message(payload)
+        assert len(p.out) == 1 and p.out_size == len(p.out[0])
+
+    def test_header_is_the_frame_without_its_payload(self, codec: ModuleType) -> None:
+        writer = codec.FrameWriter()
+        for n in (0, 125, 126, 65535, 65536, 2**20):
+            data = b"q" * n
+            for op, fin in ((TEXT, True), (BINARY, False), (CONT, True)):
+                assert writer.header(op, n, fin) + data == writer.frame(op, data, fin)
+        with pytest.raises(ValueError):
+            writer.header(PING, 1)
+        with pytest.raises(ValueError):
+            writer.header(TEXT, -1)
 
     def test_out_bookkeeping(self, Protocol: type) -> None:
         p = opened(Protocol)
