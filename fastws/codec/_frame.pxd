@@ -74,6 +74,14 @@ cdef class FrameReader:
         bint _rsv1_allowed             #: permessage-deflate negotiated
         bint _finished                 #: after a ProtocolError or the close frame
         Py_ssize_t _consumed           #: out-value of _parse_frame: bytes of the frame it consumed, 0 if it needs more
+        bytes _big                     #: a large one-frame message filled in place as it arrives, None if none
+        Py_ssize_t _big_pos            #: bytes of _big filled so far
+        int _big_opcode                #: its event opcode (| EVENT_RSV1)
+        unsigned char _big_key[4]      #: its mask key
+        bint _big_masked
+        bint _big_text                 #: check its UTF-8 as it fills
+        bint _big_bad                  #: its UTF-8 failed: next_event raises
+        bint _big_ready                #: filled: next_event returns it
 
     # cpdef: the compiled protocol calls these straight through the vtable.
     cpdef feed_data(self, data)
@@ -83,6 +91,7 @@ cdef class FrameReader:
     cdef int _check_invariants(self) except -1
     cdef int _stash_data(self) except -1
     cdef bint _buf_append(self, const unsigned char* src, Py_ssize_t n) noexcept
+    cdef Py_ssize_t _big_fill(self, const unsigned char* src, Py_ssize_t n) noexcept
     cdef int _msg_reserve(self, Py_ssize_t extra) except -1
     cdef void _buf_emptied(self) noexcept
     cdef void _release_all(self) noexcept

@@ -53,6 +53,10 @@ cdef extern from "Python.h":
 cdef enum:
     BUF_MIN = 16384
     BUF_SHRINK_ABOVE = 262144
+    # A one-frame message this large whose bytes are still on their way is
+    # unmasked straight into its event's bytes object as they arrive, never
+    # buffered (one copy instead of two or three of a megabyte).
+    DIRECT_MIN = 262144
     MAX_HEADER = 14
 
 cdef str _MSG_UTF8 = "text message is not valid UTF-8 (RFC 6455 section 8.1)"
@@ -298,6 +302,10 @@ cdef class FrameReader:
 
     def __cinit__(self):
         self._data = None
+        self._big = None
+        self._big_pos = 0
+        self._big_ready = False
+        self._big_bad = False
         self._msg_opcode = -1
         self._utf8_state = UTF8_ACCEPT
         self._max_size = 1048576
@@ -334,7 +342,7 @@ cdef class FrameReader:
     @property
     def buffered(self):
         """Bytes held by the reader: unparsed input plus the partial message."""
-        cdef Py_ssize_t n = self._buf_end - self._buf_start + self._msg_len
+        cdef Py_ssize_t n = self._buf_end - self._buf_start + self._msg_len + self._big_pos
         if self._data is not None:
             n += self._data_len - self._data_pos
         return n
@@ -348,7 +356,27 @@ cdef class FrameReader:
         """
         cdef Py_buffer view
         cdef bint ok
+        cdef Py_ssize_t taken
         if self._finished:
+            return
+        if self._big is not None and not self._big_ready:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            try:
+                taken = self._big_fill(<const unsigned char*>view.buf, view.len)
+                if taken == view.len:
+                    return
+                if type(data) is not bytes:
+                    ok = self._buf_append(<const unsigned char*>view.buf + taken, view.len - taken)
+                    if not ok:
+                        raise MemoryError()
+                    return
+            finally:
+                PyBuffer_Release(&view)
+            # the rest of a bytes object: parsed in place, like any other
+            self._data = <bytes>data
+            self._data_ptr = <const unsigned char*>PyBytes_AS_STRING(data) + taken
+            self._data_len = PyBytes_GET_SIZE(data) - taken
+            self._data_pos = 0
             return
         if type(data) is bytes and self._data is None and self._buf_end == self._buf_start:
             if PyBytes_GET_SIZE(data) == 0:
@@ -374,6 +402,17 @@ cdef class FrameReader:
         """
         cdef object event
         cdef Py_ssize_t used
+        if self._big is not None and not self._finished:
+            if self._big_bad:
+                self._fail(CloseCode.INVALID_DATA, _MSG_UTF8)
+            if not self._big_ready:
+                return None
+            event = (self._big_opcode, self._big)
+            self._big = None
+            self._big_ready = False
+            self._big_pos = 0
+            self._check_invariants()
+            return event
         while not self._finished:
             if self._data is not None:
                 event = self._parse_frame(self._data_ptr + self._data_pos,
@@ -400,8 +439,37 @@ cdef class FrameReader:
                     self._release_all()
                 self._check_invariants()
                 return event
+            if self._big is not None:
+                return None  # everything read went into the big message
         self._check_invariants()
         return None
+
+    cdef Py_ssize_t _big_fill(self, const unsigned char* src, Py_ssize_t n) noexcept:
+        """Unmask up to the rest of the big message from ``src`` into its
+        bytes; how many bytes it took."""
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(self._big)
+        cdef Py_ssize_t take = size - self._big_pos
+        cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(self._big) + self._big_pos
+        cdef uint32_t state
+        if take > n:
+            take = n
+        if self._big_masked:
+            _unmask_into(dst, src, take, self._big_key, self._big_pos)
+        else:
+            memcpy(dst, src, take)
+        if self._big_text and not self._big_bad:
+            state = _utf8_feed(self._utf8_state, dst, take)
+            self._utf8_state = state
+            if state == UTF8_REJECT:
+                self._big_bad = True
+        self._big_pos += take
+        if self._big_pos == size:
+            if self._big_text:
+                if self._utf8_state != UTF8_ACCEPT:
+                    self._big_bad = True
+                self._utf8_state = UTF8_ACCEPT
+            self._big_ready = True
+        return take
 
     cdef int _check_invariants(self) except -1:
         # The buffer bookkeeping every path above relies on. The asserts are
@@ -516,6 +584,28 @@ cdef class FrameReader:
         done = self._frame_done
         check_text = not rsv1 and (opcode == OPCODE_TEXT or
                                    (opcode == OPCODE_CONT and self._msg_opcode == OPCODE_TEXT))
+
+        if have < n and n >= DIRECT_MIN and fin and opcode < 8 and opcode != OPCODE_CONT:
+            # A large whole message still arriving: its bytes object now,
+            # filled (and text checked) as the rest comes in.
+            payload = PyBytes_FromStringAndSize(NULL, n)
+            dst = <unsigned char*>PyBytes_AS_STRING(payload)
+            _copy_payload(dst, src, have, key, done)
+            if check_text and have > done:
+                state = _utf8_feed(self._utf8_state, dst + done, have - done)
+                if state == UTF8_REJECT:
+                    self._fail(CloseCode.INVALID_DATA, _MSG_UTF8)
+                self._utf8_state = state
+            self._big = payload
+            self._big_pos = have
+            self._big_opcode = (opcode | EVENT_RSV1) if rsv1 else opcode
+            self._big_text = check_text
+            self._big_masked = key != NULL
+            if key != NULL:
+                memcpy(self._big_key, key, 4)
+            self._consumed = avail
+            self._frame_done = 0
+            return None
 
         if have < n:
             # Partial frame. Check the text received so far, so that garbage
@@ -662,6 +752,10 @@ cdef class FrameReader:
     cdef void _release_all(self) noexcept:
         # A finished reader parses nothing more: drop every byte it holds.
         self._data = None
+        self._big = None
+        self._big_pos = 0
+        self._big_ready = False
+        self._big_bad = False
         free(self._buf)
         self._buf = NULL
         self._buf_cap = 0

@@ -516,6 +516,78 @@ def test_big_text_in_chunks_of_every_size(frame: ModuleType) -> None:
         assert parse(frame, [data[i : i + size] for i in range(0, len(data), size)]) == (expected, None)
 
 
+# A one-frame message of 256 KiB or more that is still arriving is filled in
+# place (compiled reader): chunks of every kind and size, frames behind it in
+# the same chunk, text checked as it comes, errors at the same point as the
+# twin.
+
+LARGE = 300_000
+
+
+def _chunks(data: bytes, sizes: list[int], kinds: str) -> list[Any]:
+    out: list[Any] = []
+    i = 0
+    k = 0
+    while i < len(data):
+        size = sizes[k % len(sizes)]
+        piece = data[i : i + size]
+        kind = kinds[k % len(kinds)]
+        out.append(piece if kind == "b" else bytearray(piece) if kind == "a" else memoryview(piece))
+        i += size
+        k += 1
+    return out
+
+
+@pytest.mark.parametrize("sizes", [[65536], [262144], [1, 4095, 70000], [300_010], [10**6], [7, 65536, 13, 200_000]])
+@pytest.mark.parametrize("kinds", ["b", "a", "m", "bam"])
+def test_big_messages_in_chunks(both: tuple[ModuleType, ModuleType], sizes: list[int], kinds: str) -> None:
+    text = ("κόσμε 日本語 🎉 ascii " * (LARGE // 30)).encode()[:LARGE]
+    text = text[: len(text.decode("utf-8", "ignore").encode())]  # whole characters
+    blob = bytes(range(256)) * (LARGE // 256 + 1)
+    data = (
+        raw(FIN | TEXT, text) + raw(FIN | PING, b"between") + raw(FIN | BINARY, blob)
+        + raw(FIN | BINARY | RSV1, blob[:LARGE]) + raw(FIN | TEXT, b"after") + raw(FIN | BINARY, b"")
+    )  # fmt: skip
+    expected = [(1, text), (9, b"between"), (2, blob), (2 | 0x40, blob[:LARGE]), (1, b"after"), (2, b"")]
+    for mod in both:
+        assert parse(mod, _chunks(data, sizes, kinds), rsv1_allowed=True, max_message_size=None) == (expected, None)
+
+
+@pytest.mark.parametrize("at", [0, 1, 65535, 262144, LARGE - 1])
+def test_big_text_fails_where_the_twin_fails(both: tuple[ModuleType, ModuleType], at: int) -> None:
+    text = bytearray(b"a" * LARGE)
+    text[at] = 0xFF  # never valid UTF-8
+    data = raw(FIN | TEXT, bytes(text)) + raw(FIN | TEXT, b"never seen")
+    for sizes in ([65536], [1000, 299_000], [10**6]):
+        results = [parse(mod, _chunks(data, sizes, "b"), max_message_size=None) for mod in both]
+        assert results[0] == results[1] == ([], 1007)
+
+
+def test_big_text_cut_inside_a_character_fails_at_the_end(both: tuple[ModuleType, ModuleType]) -> None:
+    text = b"a" * (LARGE - 1) + "é".encode()[:1]
+    data = raw(FIN | TEXT, text)
+    for mod in both:
+        assert parse(mod, _chunks(data, [70000], "b"), max_message_size=None) == ([], 1007)
+
+
+def test_big_message_buffered_and_fed_twice(frame: ModuleType) -> None:
+    reader = frame.FrameReader(max_message_size=None)
+    blob = b"x" * LARGE
+    data = raw(FIN | BINARY, blob) + raw(FIN | TEXT, b"next")
+    reader.feed_data(data[:1000])
+    assert reader.next_event() is None
+    reader.feed_data(data[1000:200_000])
+    reader.feed_data(data[200_000:])  # completes it, with the next frame behind
+    assert reader.next_event() == (2, blob)
+    assert reader.next_event() == (1, b"next")
+    assert reader.next_event() is None and reader.buffered == 0
+
+
+def test_big_message_over_the_limit_fails_on_its_header(frame: ModuleType) -> None:
+    data = raw(FIN | BINARY, b"x" * LARGE)
+    assert parse(frame, [data[:20]], max_message_size=LARGE - 1) == ([], 1009)
+
+
 # -- max_message_size -------------------------------------------------------
 
 
