@@ -637,6 +637,10 @@ class Connection:
             except Exception:
                 self._user_error("on_connect")
                 return
+        if request is not None:
+            # An idle connection keeps its request headers as one list; a
+            # handler that looks one up later rebuilds the index.
+            request.headers.compact()
         if proto.state != CLOSED:
             # Frames that came with the request.
             self._process()
