@@ -85,6 +85,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench import tls
+from fastws.bench.machine import KeepAwake
 from bench.servers import SERVERS, fastws_digest, is_tls, workers
 
 __all__ = ["main"]
@@ -432,49 +433,12 @@ def wait_quiet(max_wait: float, below: float) -> float:
             return busy
 
 
-#: One busy loop at idle priority on one CPU (``fastws.bench.machine``'s, as a
-#: process of its own), killed by the kernel if the run dies (PR_SET_PDEATHSIG).
-_SPIN = (
-    "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); os.sched_setaffinity(0, {int(sys.argv[1])}); "
-    "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass"
-)
-
-
-class ServerCpusAwake:
+def server_cpus_awake(cpus: set[int]) -> KeepAwake:
     """``--keep-awake`` for the server's CPUs: ``fastws bench --keep-awake``
     keeps the CPUs it may run on (the load generator's) from halting; these
     busy loops, at idle priority, do the same for the server's CPUs that it
     does not cover. Their CPU time is measured, and taken out of ``other``."""
-
-    def __init__(self, cpus: set[int]) -> None:
-        self.cpus = sorted(cpus)
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def __enter__(self) -> ServerCpusAwake:
-        for cpu in self.cpus:
-            self.procs.append(subprocess.Popen([sys.executable, "-c", _SPIN, str(cpu)], stdin=subprocess.DEVNULL))
-        return self
-
-    def cpu_seconds(self) -> float:
-        try:
-            import psutil
-        except ImportError:
-            return 0.0
-        total = 0.0
-        for p in self.procs:
-            try:
-                t = psutil.Process(p.pid).cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        return total
-
-    def __exit__(self, *exc: object) -> None:
-        for p in self.procs:
-            p.kill()
-        for p in self.procs:
-            p.wait(5)
-        self.procs.clear()
+    return KeepAwake(sorted(cpus))
 
 
 def run_one(
@@ -524,7 +488,7 @@ def run_one(
                 cmd = bench_command(scenario, url, proc.pid, opts, cafile)
                 row["command"] = shlex.join(["python", *cmd[1:]])
                 started = time.monotonic()
-                with ServerCpusAwake(awake_cpus) as awake:
+                with server_cpus_awake(awake_cpus) as awake:
                     try:
                         lg = subprocess.run(
                             cmd, cwd=workdir, capture_output=True, text=True, timeout=opts.warmup + opts.duration + 120,

@@ -279,6 +279,20 @@ def now_ns():
     return _now()
 
 
+cdef inline int _write_all(int fd, const char *p, Py_ssize_t n) noexcept nogil:
+    """Write all ``n`` bytes (a blocking socket); 0, or the errno."""
+    cdef Py_ssize_t done = 0
+    cdef ssize_t r
+    while done < n:
+        r = write(fd, p + done, n - done)
+        if r < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        done += r
+    return 0
+
+
 # -- the reply stream --------------------------------------------------------
 
 # What a parse step stopped for (besides running out of bytes).
@@ -772,15 +786,7 @@ cdef class EchoStream:
                         self.lag_max = now - self.due
                     now = self.due
                     self.due += step
-                done = 0
-                while done < flen:
-                    r = write(fd, fp + done, flen - done)
-                    if r < 0:
-                        if errno == EINTR:
-                            continue
-                        err = errno
-                        break
-                    done += r
+                err = _write_all(fd, fp, flen)
                 if err:
                     break
                 self._sent(1, now, 0)
@@ -834,16 +840,10 @@ cdef int _one_handshake(const addrinfo *ai, const char *req, Py_ssize_t req_len,
         err[0] = errno
         close(fd)
         return HS_CONNECT
-    done = 0
-    while done < req_len:
-        r = write(fd, req + done, req_len - done)
-        if r < 0:
-            if errno == EINTR:
-                continue
-            err[0] = errno
-            close(fd)
-            return HS_IO
-        done += r
+    err[0] = _write_all(fd, req, req_len)
+    if err[0]:
+        close(fd)
+        return HS_IO
     # the response head
     end = NULL
     while end is NULL:
@@ -883,16 +883,10 @@ cdef int _one_handshake(const addrinfo *ai, const char *req, Py_ssize_t req_len,
         close(fd)
         return result
     # our close frame, then the server's close frame and EOF
-    done = 0
-    while done < close_len:
-        r = write(fd, close_frame + done, close_len - done)
-        if r < 0:
-            if errno == EINTR:
-                continue
-            err[0] = errno
-            close(fd)
-            return HS_IO
-        done += r
+    err[0] = _write_all(fd, close_frame, close_len)
+    if err[0]:
+        close(fd)
+        return HS_IO
     p = end + 4
     got = got - (p - head)
     if got > 0:

@@ -18,9 +18,10 @@ machine's "other processes" figure.
 from __future__ import annotations
 
 import importlib
-import multiprocessing
 import os
 import socket
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -76,11 +77,15 @@ def wake_probe(n: int = 200, gap_s: float = 0.002) -> dict[str, Any]:
     return out
 
 
-def _spin(cpu: int) -> None:  # pragma: no cover - runs in a child process
-    os.sched_setaffinity(0, {cpu})
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    while True:
-        pass
+#: One busy loop at idle priority on one CPU, as a process of its own that
+#: the kernel kills when the process that started it dies (PR_SET_PDEATHSIG
+#: = 1, SIGKILL = 9), so no loop outlives a run that was killed.
+_SPIN = (
+    "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9)\n"
+    "if os.getppid() != int(sys.argv[2]): sys.exit()  # the starter died before prctl\n"
+    "os.sched_setaffinity(0, {int(sys.argv[1])}); os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+    "while True: pass"
+)
 
 
 class KeepAwake:
@@ -88,14 +93,13 @@ class KeepAwake:
 
     def __init__(self, cpus: list[int] | None = None) -> None:
         self.cpus = cpus if cpus is not None else sorted(os.sched_getaffinity(0))
-        self._procs: list[Any] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> KeepAwake:
-        ctx = multiprocessing.get_context("fork")
         for cpu in self.cpus:
-            p = ctx.Process(target=_spin, args=(cpu,), daemon=True, name=f"fastws-keep-awake-{cpu}")
-            p.start()
-            self._procs.append(p)
+            self._procs.append(
+                subprocess.Popen([sys.executable, "-c", _SPIN, str(cpu), str(os.getpid()), "fastws-keep-awake"], stdin=subprocess.DEVNULL)
+            )
         return self
 
     def cpu_seconds(self) -> float:
@@ -117,7 +121,7 @@ class KeepAwake:
         for p in self._procs:
             p.kill()
         for p in self._procs:
-            p.join(2)
+            p.wait(5)
         self._procs.clear()
 
 
