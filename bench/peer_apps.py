@@ -93,8 +93,11 @@ async def echo_rsgi(scope: Any, protocol: Any) -> None:
     protocol.close(None)
 
 
-def run_socketify(host: str, port: int, max_size: int) -> None:
-    """Serve the socketify echo on ``host:port`` until SIGTERM or SIGINT."""
+def run_socketify(host: str, port: int, max_size: int, broadcast: bool = False) -> None:
+    """Serve the socketify echo on ``host:port`` until SIGTERM or SIGINT;
+    ``broadcast``: every message goes to every connection, the sender's
+    included (uWS pub/sub: each connection subscribes to one topic, and
+    ``App.publish`` sends to all its subscribers)."""
     import uvloop
     from socketify import App, CompressOptions  # type: ignore[import-untyped]
 
@@ -106,6 +109,13 @@ def run_socketify(host: str, port: int, max_size: int) -> None:
     def on_message(ws: Any, message: str | bytes, opcode: Any) -> None:
         ws.send(message, opcode)
 
+    def on_open(ws: Any) -> None:
+        ws.subscribe("all")
+
+    def on_broadcast(ws: Any, message: str | bytes, opcode: Any) -> None:
+        app.publish("all", message, opcode)
+
+    extra: dict[str, Any] = {"open": on_open, "message": on_broadcast} if broadcast else {"message": on_message}
     app.ws(
         "/*",
         {
@@ -117,7 +127,7 @@ def run_socketify(host: str, port: int, max_size: int) -> None:
             "max_backpressure": 2 * max_size + 2**20,
             "close_on_backpressure_limit": False,
             "idle_timeout": 0,  # no idle timeout, as the other servers
-            "message": on_message,
+            **extra,
         },
     )
     app.any("/*", lambda res, req: res.write_status(404).end(_NOT_FOUND))
@@ -142,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9001)
     p.add_argument("--max-size", type=int, default=16 * 2**20)
+    p.add_argument("--broadcast", action="store_true", help="send every message to every connection instead of echoing it")
     args = p.parse_args(argv)
-    run_socketify(args.host, args.port, args.max_size)
+    run_socketify(args.host, args.port, args.max_size, args.broadcast)
     return 0
 
 

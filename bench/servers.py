@@ -65,8 +65,9 @@
   subprocess (``python -m bench.peer_apps socketify``): socketify runs its
   libuv loop by polling it from an asyncio loop of its own (uvloop's here),
   busy while there is traffic, so its CPU time includes that polling.
-- ``NAME-broadcast`` for ``fastws-callback``, ``picows``, ``websockets`` and
-  ``aiohttp`` — for the ``broadcast`` load scenario: every data message that
+- ``NAME-broadcast`` for ``fastws-callback``, ``picows``, ``websockets``,
+  ``aiohttp`` and ``socketify`` (uWS pub/sub: every connection subscribes to
+  one topic, ``App.publish`` sends to all) — for the ``broadcast`` load scenario: every data message that
   any connection sends goes to every open connection, the sender included,
   with the same opcode, in the order the server received them. No send waits
   for a slow listener: fastws' ``ws.send(data, is_text)`` and picows'
@@ -454,16 +455,21 @@ async def _granian_rsgi(host: str, port: int, max_size: int, ssl: SSLContext | N
     return await _granian(host, port, max_size, ssl, interface="rsgi")
 
 
-async def _socketify(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+async def _socketify(host: str, port: int, max_size: int, ssl: SSLContext | None = None, broadcast: bool = False) -> Any:
     """socketify's echo (``bench.peer_apps``), in a subprocess."""
     if ssl is not None:
         raise ValueError("socketify has no TLS variant here")
     _require("socketify", "socketify")
     cmd = [
         sys.executable, "-m", "bench.peer_apps", "socketify",
-        "--host", host, "--port", str(port), "--max-size", str(max_size),
+        "--host", host, "--port", str(port), "--max-size", str(max_size), *(["--broadcast"] if broadcast else []),
     ]  # fmt: skip
     return await _start_process(cmd, host, port, "socketify", stdout=sys.stderr.fileno())
+
+
+async def _socketify_broadcast(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    """socketify sending every message to every connection (uWS pub/sub)."""
+    return await _socketify(host, port, max_size, ssl, broadcast=True)
 
 
 class _Cli:
@@ -612,6 +618,7 @@ SERVERS: dict[str, ServerStart] = {
     "picows-broadcast": _picows_broadcast,
     "websockets-broadcast": _websockets_broadcast,
     "aiohttp-broadcast": _aiohttp_broadcast,
+    "socketify-broadcast": _socketify_broadcast,
 }
 
 

@@ -39,6 +39,7 @@ BROADCAST = {
     "picows-broadcast": "picows",
     "websockets-broadcast": "websockets",
     "aiohttp-broadcast": "aiohttp",
+    "socketify-broadcast": "socketify",
 }
 MIB = 2**20
 
