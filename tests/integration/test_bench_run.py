@@ -54,6 +54,7 @@ def test_broadcast_runs_the_broadcast_variants() -> None:
 
     assert server_for("broadcast", "picows") == "picows-broadcast"
     assert server_for("broadcast", "fastws-callback@base") == "fastws-callback-broadcast@base"
-    assert server_for("broadcast", "socketify") is None
+    assert server_for("broadcast", "socketify") == "socketify-broadcast"
+    assert server_for("broadcast", "uvicorn") is None  # no broadcast variant: skipped with a note
     assert server_for("rr", "picows") == "picows"
     assert server_for("rr", "picows-broadcast") is None
