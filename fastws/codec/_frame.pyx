@@ -770,6 +770,22 @@ cdef class FrameReader:
 
 # -- encoding ---------------------------------------------------------------
 
+cdef inline void _put_length(unsigned char* out, Py_ssize_t n) noexcept nogil:
+    """The payload length of a frame header, from out[1] on (mask bit clear):
+    7 bits, or 126 and 16 bits, or 127 and 64 bits (RFC 6455 section 5.2)."""
+    cdef int i
+    if n < 126:
+        out[1] = <unsigned char>n
+    elif n < 65536:
+        out[1] = 126
+        out[2] = <unsigned char>(n >> 8)
+        out[3] = <unsigned char>n
+    else:
+        out[1] = 127
+        for i in range(8):
+            out[2 + i] = <unsigned char>((<uint64_t>n) >> (56 - 8 * i))
+
+
 cdef bytes _encode(int opcode, const unsigned char* data, Py_ssize_t n, bint fin, bint rsv1,
                    const unsigned char* key):
     cdef Py_ssize_t hlen
@@ -783,22 +799,7 @@ cdef bytes _encode(int opcode, const unsigned char* data, Py_ssize_t n, bint fin
     frame = PyBytes_FromStringAndSize(NULL, hlen + n)
     out = <unsigned char*>PyBytes_AS_STRING(frame)
     out[0] = <unsigned char>((0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode)
-    if n < 126:
-        out[1] = <unsigned char>n
-    elif n < 65536:
-        out[1] = 126
-        out[2] = <unsigned char>(n >> 8)
-        out[3] = <unsigned char>n
-    else:
-        out[1] = 127
-        out[2] = <unsigned char>((<uint64_t>n) >> 56)
-        out[3] = <unsigned char>((<uint64_t>n) >> 48)
-        out[4] = <unsigned char>((<uint64_t>n) >> 40)
-        out[5] = <unsigned char>((<uint64_t>n) >> 32)
-        out[6] = <unsigned char>(n >> 24)
-        out[7] = <unsigned char>(n >> 16)
-        out[8] = <unsigned char>(n >> 8)
-        out[9] = <unsigned char>n
+    _put_length(out, n)
     if key == NULL:
         memcpy(out + hlen, data, n)
     else:
@@ -874,7 +875,6 @@ cdef class FrameWriter:
         cdef Py_ssize_t hlen = 2 if length < 126 else (4 if length < 65536 else 10)
         cdef bytes out
         cdef unsigned char* p
-        cdef int i
         if opcode < 0 or opcode > OPCODE_BINARY:
             raise ValueError(f"header() is for data frames, not opcode {opcode} (RFC 6455 section 5.2)")
         if length < 0:
@@ -882,16 +882,7 @@ cdef class FrameWriter:
         out = PyBytes_FromStringAndSize(NULL, hlen)
         p = <unsigned char*>PyBytes_AS_STRING(out)
         p[0] = <unsigned char>((0x80 if fin else 0) | opcode)
-        if length < 126:
-            p[1] = <unsigned char>length
-        elif length < 65536:
-            p[1] = 126
-            p[2] = <unsigned char>(length >> 8)
-            p[3] = <unsigned char>length
-        else:
-            p[1] = 127
-            for i in range(8):
-                p[2 + i] = <unsigned char>((<uint64_t>length) >> (56 - 8 * i))
+        _put_length(p, length)
         return out
 
 
