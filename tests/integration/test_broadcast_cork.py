@@ -78,3 +78,31 @@ def test_a_broadcast_of_one_read_is_one_write_per_connection() -> None:
         assert writes <= 3 * (LISTENERS + 1), writes
         for sock in [sender, *listeners]:
             sock.close()
+
+
+def test_a_listener_that_drops_mid_broadcast_costs_the_others_nothing() -> None:
+    """Hostile listeners: one resets its TCP connection (RST) and one stops
+    reading while a burst is broadcast; the corked writes skip the closed one
+    and every other connection gets every message, in order."""
+    import struct
+
+    with ServerProcess("tests.integration.apps:Broadcast", "--no-access-log") as server:
+        sender = _open(server.port)
+        good = [_open(server.port) for _ in range(3)]
+        dropper = _open(server.port)
+        silent = _open(server.port)  # never reads
+        time.sleep(0.2)
+        batches = [b"".join(encode_frame(2, b"b%02d-%03d" % (k, i), mask=b"abcd") for i in range(MESSAGES)) for k in range(4)]
+        sender.sendall(batches[0])
+        dropper.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        dropper.close()  # RST while the server may still be writing to it
+        for batch in batches[1:]:
+            sender.sendall(batch)
+        expected = [b"b%02d-%03d" % (k, i) for k in range(4) for i in range(MESSAGES)]
+        for sock in [sender, *good]:
+            assert _messages(sock, len(expected)) == expected
+        assert server.proc is not None and server.proc.poll() is None  # still serving
+        extra = _open(server.port)  # and still accepting
+        extra.close()
+        for sock in [sender, *good, silent]:
+            sock.close()
