@@ -269,6 +269,51 @@ class Config:
     #: 7692 allows for any message.
     deflate_min_size: int = option(32, "--ws-deflate-min-size", help="messages shorter than this are sent uncompressed", kind="size")
 
+    # -- rooms and pub/sub (ws.subscribe, publish), docs/scaling.md ------
+    #: Where rooms meet: ``"memory"`` (this process), ``"workers"`` (the
+    #: ``--workers N`` processes of one server, through the supervisor),
+    #: ``"redis://host:port/db"`` (``rediss://`` for TLS) or
+    #: ``"redis+cluster://host:port"`` (sharded pub/sub, Redis 7+).
+    broker: str = option(
+        "memory", "--broker", help="rooms backend: memory, workers, redis://host:port/db or redis+cluster://host:port",
+        kind="str", metavar="URL",
+    )
+    #: Prefix of every Redis channel and key fastws uses (several
+    #: applications can share one Redis).
+    broker_prefix: str = option("fastws:", "--broker-prefix", help="prefix of the Redis channels and keys", kind="str")
+    #: Messages a node holds while its broker is unreachable, published
+    #: when it is back; past this the oldest are dropped (and counted).
+    broker_queue: int = option(
+        10_000, "--broker-queue", help="messages held while the broker is unreachable (oldest dropped past it)", kind="int"
+    )
+    #: Bytes a room member may have waiting to be written before the slow
+    #: receiver policy applies to it.
+    room_max_buffer: int = option(
+        2**20, "--room-max-buffer", help="buffered bytes per room member before the slow-receiver policy applies", kind="size"
+    )
+    #: What happens to a member past ``room_max_buffer``: ``"close"`` (1013
+    #: Try Again Later) or ``"drop"`` (it misses messages, counted).
+    room_slow_policy: str = option(
+        "close", "--room-slow-policy", help="a member past --room-max-buffer: close it (1013) or drop messages to it",
+        kind="choice", choices=("close", "drop"),
+    )
+    #: Keep each room's recent messages in a Redis stream, so that a client
+    #: that comes back with its last offset gets what it missed (Redis
+    #: brokers only). Messages then reach clients as ``"<offset> <message>"``.
+    room_history: bool = option(False, "--room-history", help="keep recent room messages in Redis for resuming (redis brokers)", kind="flag")
+    #: Messages kept per room (approximately: Redis trims in whole nodes).
+    room_history_size: int = option(1000, "--room-history-size", help="messages kept per room with --room-history", kind="int")
+    #: Seconds a room's history outlives its last message.
+    room_history_ttl: float = option(
+        300.0, "--room-history-ttl", help="seconds a room's history is kept after its last message", kind="seconds"
+    )
+    #: Track who is in each room across all nodes (``await
+    #: server.presence(room)``).
+    presence: bool = option(False, "--presence", help="track room members across nodes (server.presence)", kind="flag")
+    #: Seconds a member stays listed after its node stops refreshing it
+    #: (a dead node's members expire after this).
+    presence_ttl: float = option(15.0, "--presence-ttl", help="seconds a dead node's members stay listed", kind="seconds")
+
     def __post_init__(self) -> None:
         if self.origins is not None:
             if isinstance(self.origins, (str, re.Pattern)):
@@ -319,6 +364,19 @@ class Config:
             raise ValueError("deflate_mem_level must be between 1 and 9")
         if self.deflate_min_size < 0:
             raise ValueError("deflate_min_size must be >= 0")
+        broker = self.broker
+        if not (broker in ("memory", "workers") or broker.startswith(("redis://", "rediss://", "redis+cluster://"))):
+            raise ValueError(f"broker must be memory, workers, redis://..., rediss://... or redis+cluster://...; got {broker!r}")
+        if self.room_slow_policy not in ("close", "drop"):
+            raise ValueError("room_slow_policy must be 'close' or 'drop'")
+        for name in ("room_max_buffer", "room_history_size", "broker_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("room_history_ttl", "presence_ttl"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+        if self.room_history and not broker.startswith(("redis://", "rediss://", "redis+cluster://")):
+            raise ValueError("room_history keeps messages in Redis: it needs a redis:// or redis+cluster:// broker")
 
     @property
     def counting(self) -> bool:

@@ -19,6 +19,7 @@ __all__ = [
     "NegotiationError",
     "PayloadTooBig",
     "ConcurrencyError",
+    "HistoryGap",
 ]
 
 
@@ -140,3 +141,17 @@ class ProtocolError(WebSocketException):
 
 class ConcurrencyError(WebSocketException, RuntimeError):
     """Two coroutines called ``recv()`` (or the same ping) at once."""
+
+
+class HistoryGap(WebSocketException, LookupError):
+    """``subscribe(room, since=offset)`` cannot give everything after
+    ``offset``: the room's history was reset (its epoch changed) or has
+    already dropped messages after it. The member is subscribed from now
+    on; the application should tell its client to reload the room's state.
+    """
+
+    def __init__(self, room: str, offset: str, why: str) -> None:
+        super().__init__(f"room {room!r}: cannot resume after {offset!r}: {why}")
+        self.room = room
+        self.offset = offset
+        self.why = why

@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from .protocol import RTT_BUCKETS
 
-__all__ = ["CONTENT_TYPE", "COUNTERS", "WorkerShare", "empty_counters", "merge", "render", "rtt_quantile"]
+__all__ = ["CONTENT_TYPE", "COUNTERS", "ROOM_COUNTERS", "empty_rooms", "WorkerShare", "empty_counters", "merge", "render", "rtt_quantile"]
 
 logger = logging.getLogger("fastws")
 
@@ -51,6 +51,27 @@ def empty_counters() -> dict[str, Any]:
         "close_sent": {}, "close_received": {}, "rtt": {"buckets": [0] * (len(RTT_BUCKETS) + 1), "count": 0, "sum": 0.0},
         "write_pauses": 0, "slow_readers_dropped": 0, "paths": {},
     }  # fmt: skip
+
+
+#: The rooms figures of a snapshot (fastws.rooms.Hub.snapshot): counters
+#: since the worker started, then the gauges ``rooms`` and ``members``.
+ROOM_COUNTERS = (
+    ("published", "Messages published to a room on this node."),
+    ("received", "Room messages received from the broker (other nodes, or all with history)."),
+    ("delivered", "Room messages written to members (one per member)."),
+    ("dropped", "Room messages not written to a member past room_max_buffer (policy drop)."),
+    ("closed_slow", "Members closed with 1013 past room_max_buffer (policy close)."),
+    ("reconnects", "Times the broker connection was lost and made again."),
+    ("errors", "Broker commands that failed."),
+    ("queued_dropped", "Messages dropped from the queue held while the broker was unreachable."),
+)
+
+
+def empty_rooms() -> dict[str, int]:
+    """The rooms figures of a server with no rooms."""
+    out = {key: 0 for key, _ in ROOM_COUNTERS}
+    out.update(rooms=0, members=0)
+    return out
 
 
 def _add(a: Any, b: Any) -> Any:
@@ -79,6 +100,9 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
     total["loop_lag"] = max((s["loop_lag"] for s in items), default=0.0)
     total["draining"] = any(s["draining"] for s in items)
     total["workers"] = len(items)
+    total["rooms"] = _add(empty_rooms(), {})
+    for snap in items:
+        total["rooms"] = _add(total["rooms"], snap.get("rooms", {}))
     return total
 
 
@@ -127,6 +151,11 @@ class _Collector(Collector):
             "fastws_slow_readers_dropped", "Connections dropped for letting more than max_write_buffer pile up.", labels=["worker"]
         )
         rtt = HistogramMetricFamily("fastws_ping_rtt_seconds", "Round-trip time of keepalive pings.", labels=["worker"])
+        room_counters = [
+            (key, CounterMetricFamily(f"fastws_room_{key}", text, labels=["worker"])) for key, text in ROOM_COUNTERS
+        ]
+        rooms = GaugeMetricFamily("fastws_rooms", "Rooms with a member on this node.", labels=["worker"])
+        members = GaugeMetricFamily("fastws_room_members", "Room memberships on this node.", labels=["worker"])
         for snap in snaps:
             w = str(snap["worker"])
             g.add_metric([w], snap["connections"])
@@ -150,7 +179,13 @@ class _Collector(Collector):
                 cumulative += n
                 buckets.append((bound, cumulative))
             rtt.add_metric([w], buckets, snap["rtt"]["sum"])
-        yield from (g, up, lag, hs, mi, mo, bi, bo, cs, cr, wp, dr, rtt)
+            figures = {**empty_rooms(), **snap.get("rooms", {})}
+            for key, family in room_counters:
+                family.add_metric([w], figures[key])
+            rooms.add_metric([w], figures["rooms"])
+            members.add_metric([w], figures["members"])
+        yield from (g, up, lag, hs, mi, mo, bi, bo, cs, cr, wp, dr, rtt, rooms, members)
+        yield from (family for _, family in room_counters)
 
 
 def render(snapshots: list[dict[str, Any]]) -> bytes:

@@ -33,6 +33,7 @@ from .metrics import WorkerShare
 from .protocol import Stats
 from .protocol.http import MultipleValuesError, Request, Response, format_address, make_response, parse_tokens, upgrade_required
 from .protocol.proxy import TrustedProxies, forwarded_client
+from .rooms import Hub, open_broker
 from .types import CloseCode, State
 
 __all__ = ["Server", "basic_auth", "serve", "unix_serve", "resolve_handler", "tls_context"]
@@ -111,6 +112,7 @@ class ServerState:
         create_connection: Callable[..., Any] | None = None,
         logger: "logging.Logger | logging.LoggerAdapter[Any] | str | None" = None,
         worker_share: "tuple[str, int] | None" = None,
+        rooms_relay: str | None = None,
     ) -> None:
         if isinstance(subprotocols, str):
             raise TypeError(f"subprotocols must be a list, not a {type(subprotocols).__name__}")
@@ -147,7 +149,11 @@ class ServerState:
         self.admit: Callable[[Connection, Request], Response | None] | None = (
             self._admit if self._limited or self._trusted is not None or self.routes else None
         )
-        self.release: Callable[[Connection], None] | None = self._release if self._limited else None
+        #: The server's rooms (ws.subscribe / publish), on the broker
+        #: ``config.broker`` names (``rooms_relay``: the supervisor's relay
+        #: of ``--workers N --broker workers``).
+        self.hub = Hub(self, config, open_broker(config, rooms_relay))
+        self.release: Callable[[Connection], None] | None = self._release
         self.corked: list[Connection] | None = None
 
     # -- what the server answers itself: metrics, health, the dashboard ----
@@ -202,6 +208,7 @@ class ServerState:
             "connections": sum(1 for c in self.connections if c.state is State.OPEN),
             "loop_lag": self.loop_lag,
             "draining": self.draining,
+            "rooms": self.hub.snapshot(),
         }
         if stats is None:
             snap.update(metrics.empty_counters())
@@ -291,7 +298,11 @@ class ServerState:
         return None
 
     def _release(self, conn: Connection) -> None:
-        """A connection ended: it no longer counts against the limits."""
+        """A connection ended: it leaves its rooms, and no longer counts
+        against the limits."""
+        self.hub.leave_all(conn)
+        if not self._limited:
+            return
         try:
             host = self._counted.pop(conn)
         except KeyError:
@@ -326,6 +337,7 @@ class _MetricsPort:
         self.stats: Any = None  # scrapes are not counted
         self.release: Callable[[Connection], None] | None = None
         self.corked: list[Connection] | None = None
+        self.hub: Any = None  # no WebSocket opens here
         self.admit: Callable[[Connection, Request], Response | None] | None = self._answer
         self.routes: dict[str, Callable[[Connection, Request], Response | None]] = {
             "/metrics": state._metrics, "/healthz": lambda conn, request: make_response(200, "OK\n"), "/readyz": state._readyz,
@@ -391,9 +403,25 @@ class Server:
                 config.metrics_port,
                 reuse_port=reuse_port,
             )
+        await context.hub.start()
         self._server = await create(lambda: Connection(context))
         if context.stats is not None:
             self._watch = asyncio.ensure_future(context.watch())
+
+    def publish(self, room: str, message: str | bytes | bytearray | memoryview, *, text: bool | None = None) -> None:
+        """Send ``message`` to every member of ``room``, on every node
+        (``str``: a text message, bytes-like: binary; ``text`` forces one)."""
+        self._context.hub.publish(room, message, text=text)
+
+    async def presence(self, room: str) -> list[str]:
+        """The members of ``room`` on every node (their ``member`` names),
+        sorted; needs ``presence=True`` beyond this node."""
+        return await self._context.hub.broker.presence(room)
+
+    @property
+    def hub(self) -> Hub:
+        """The server's rooms (``fastws.rooms.Hub``)."""
+        return self._context.hub
 
     def stats(self) -> dict[str, Any]:
         """The server's figures as a plain dict: connections, handshakes by
@@ -476,6 +504,7 @@ class Server:
         if self._server is not None:
             # asyncio's wait_closed also waits for connections; they are gone.
             await self._server.wait_closed()
+        await self._context.hub.close()
         if self._watch is not None:
             self._watch.cancel()
         if self._metrics_server is not None:
@@ -522,6 +551,7 @@ def _split_options(options: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
 
 _STATE_OPTIONS = {
     "worker_share",
+    "rooms_relay",
     "logger",
     "process_request",
     "process_response",

@@ -31,7 +31,7 @@ from . import frame as _frame
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["PerMessageDeflate", "negotiate", "parse_extensions"]
+__all__ = ["PerMessageDeflate", "deflate_message", "negotiate", "parse_extensions"]
 
 _encode_frame: Callable[..., bytes] = _frame.encode_frame
 _validate_utf8: Callable[[bytes], bool] = _frame.validate_utf8
@@ -185,6 +185,15 @@ def _accept_offer(params: Params, config: "Config") -> tuple[bool, bool, int | N
     return server_nct, client_nct, server_bits, agreed_client
 
 
+def deflate_message(data: bytes | bytearray | memoryview, bits: int, level: int, mem_level: int) -> bytes:
+    """One message compressed on its own (no context kept), as the payload
+    of a frame with RSV1 set: what a connection with ``shared_bits == bits``
+    would send, made once for all of them."""
+    c = zlib.compressobj(level, zlib.DEFLATED, -bits, mem_level)
+    # The flush ends with the empty stored block; the peer adds it back.
+    return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
 def negotiate(values: list[str], config: "Config") -> "tuple[str, PerMessageDeflate] | None":
     """Answer the ``Sec-WebSocket-Extensions`` headers of a request.
 
@@ -291,6 +300,13 @@ class PerMessageDeflate:
 
     def __repr__(self) -> str:
         return f"<PerMessageDeflate {self.response_params()}>"
+
+    @property
+    def shared_bits(self) -> int:
+        """The compressor's window bits when each message is compressed on
+        its own (server_no_context_takeover), so one compressed frame serves
+        every such connection (rooms); 0 when the context is kept."""
+        return self._compress_bits if self.server_no_context_takeover else 0
 
     def response_params(self) -> str:
         """The agreed parameters as they appear in the response header."""

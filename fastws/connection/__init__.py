@@ -62,6 +62,9 @@ class ServerContext(Protocol):
     #: broadcast of k messages read at once is one write per listener, not
     #: k). None outside a dispatch. The server starts it as None.
     corked: "list[Connection] | None"
+    #: The server's rooms (``fastws.rooms.Hub``): what ``subscribe``,
+    #: ``unsubscribe``, ``publish`` and ``rooms`` use.
+    hub: Any
 
     def attach_face(self, conn: "Connection") -> None:
         """Make the connection's face (its handler); it calls ``conn.attach``."""

@@ -381,6 +381,40 @@ class Connection:
         if was and not self._read_paused and self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
 
+    # -- rooms (fastws.rooms, through the server's hub) ---------------------
+
+    @property
+    def deflate(self) -> Any:
+        """The agreed permessage-deflate state, or None (no compression)."""
+        return None if self._proto is None else self._proto.deflate
+
+    def subscribe(self, room: str, *, since: str | None = None, member: str | None = None) -> "asyncio.Future[int]":
+        """Join ``room``: every message published to it reaches this client.
+
+        Returns a future of the number of messages replayed (already done,
+        0, without ``since``; a callback-level handler may ignore it).
+        ``since`` (with ``room_history``): resume after this offset, the one
+        the client last received; the future raises
+        :class:`~fastws.HistoryGap` when they are not all kept (the member
+        joins from now on). ``member``: this connection's name in the
+        room's presence (default: its id).
+        """
+        return self._ctx.hub.subscribe(self, room, since=since, member=member)  # type: ignore[no-any-return]
+
+    def unsubscribe(self, room: str) -> bool:
+        """Leave ``room``; False if this connection was not in it."""
+        return self._ctx.hub.unsubscribe(self, room)  # type: ignore[no-any-return]
+
+    def publish(self, room: str, message: str | bytes | bytearray | memoryview, *, text: bool | None = None) -> None:
+        """Send ``message`` to every member of ``room``, on every node (this
+        connection too, if it is a member)."""
+        self._ctx.hub.publish(room, message, text=text)
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """The rooms this connection is in."""
+        return self._ctx.hub.rooms_of(self)  # type: ignore[no-any-return]
+
     def respond(self, status: int, text: str) -> Response:
         """Build a plain-text HTTP response (for ``process_request``)."""
         return make_response(status, text)

@@ -137,6 +137,26 @@ class ServerConnection:
         """Build a plain-text HTTP response (for ``process_request``)."""
         return self._conn.respond(status, text)
 
+    # -- rooms: the connection's, see fastws.rooms -------------------------
+
+    def subscribe(self, room: str, *, since: str | None = None, member: str | None = None) -> "asyncio.Future[int]":
+        """Join ``room``; ``await`` it for the number of messages replayed
+        after ``since`` (see :meth:`fastws.Connection.subscribe`)."""
+        return self._conn.subscribe(room, since=since, member=member)
+
+    def unsubscribe(self, room: str) -> bool:
+        """Leave ``room``; False if this connection was not in it."""
+        return self._conn.unsubscribe(room)
+
+    def publish(self, room: str, message: Data, *, text: bool | None = None) -> None:
+        """Send ``message`` to every member of ``room`` on every node."""
+        self._conn.publish(room, message, text=text)
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """The rooms this connection is in."""
+        return self._conn.rooms
+
     def __repr__(self) -> str:
         return f"<fastws.ServerConnection {self._conn!r}>"
 
