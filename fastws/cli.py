@@ -36,6 +36,7 @@ from .config import Config, Option, options
 from .server import resolve_handler, serve, tls_context
 from .bench import command as bench_command
 from .monitor import command as monitor_command
+from .rooms.workers import Relay, relay_path
 from .supervisor import Supervisor
 
 logger = logging.getLogger("fastws")
@@ -295,10 +296,13 @@ async def _serve(
     sock: socket.socket | None = None,
     ready: Connection | None = None,
     worker_share: tuple[str, int] | None = None,
+    rooms_relay: str | None = None,
 ) -> None:
     """Serve until SIGTERM (or SIGINT when ``announce``: the one process a
     terminal's Ctrl-C is for), then drain."""
     share: dict[str, Any] = {} if worker_share is None else {"worker_share": worker_share}
+    if rooms_relay is not None:
+        share["rooms_relay"] = rooms_relay
     if sock is not None:
         server = await serve(handler, config=config, sock=sock, **share)
     elif config.uds:
@@ -349,7 +353,13 @@ async def _serve(
 
 
 def _worker(
-    config: Config, target: str, sock: socket.socket | None, share_dir: str | None, ready: Connection, index: int
+    config: Config,
+    target: str,
+    sock: socket.socket | None,
+    share_dir: str | None,
+    rooms_relay: str | None,
+    ready: Connection,
+    index: int,
 ) -> None:
     """The body of one worker process (spawned: it imports the target itself)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -357,7 +367,10 @@ def _worker(
         _setup_logging(config.log_level, config.log_config)
         handler = load_target(target)
         share = None if share_dir is None else (share_dir, index)
-        _run_loop(_loop_name(config.loop), _serve(config, target, handler, announce=False, sock=sock, ready=ready, worker_share=share))
+        serving = _serve(
+            config, target, handler, announce=False, sock=sock, ready=ready, worker_share=share, rooms_relay=rooms_relay
+        )
+        _run_loop(_loop_name(config.loop), serving)
     except TargetError as exc:
         logger.critical("worker %d: %s", index, exc)
         sys.exit(3)
@@ -402,12 +415,21 @@ def _serve_workers(config: Config, target: str) -> int:
 
     # Workers publish their figures here, so one scrape sees them all.
     share_dir = tempfile.mkdtemp(prefix="fastws-workers-") if config.counting else None
+    # --broker workers: the workers' rooms meet in a relay run here.
+    relay = None
+    if config.broker == "workers":
+        relay_dir = tempfile.mkdtemp(prefix="fastws-rooms-")
+        relay = Relay(relay_path(relay_dir))
+        relay.start()
     try:
-        worker = functools.partial(_worker, config, target, sock, share_dir)
+        worker = functools.partial(_worker, config, target, sock, share_dir, None if relay is None else relay.path)
         status = Supervisor(worker, config.workers, on_listening=announce).run()
     finally:
         if share_dir is not None:
             shutil.rmtree(share_dir, ignore_errors=True)
+        if relay is not None:
+            relay.stop()
+            shutil.rmtree(os.path.dirname(relay.path), ignore_errors=True)
     logger.info("stopped")
     return status
 
