@@ -234,15 +234,10 @@ class Hub:
             out = frame
             if not small:
                 deflate = conn.deflate
-                if deflate is not None:
-                    bits = deflate.shared_bits
-                    if bits:
-                        if compressed is None:
-                            compressed = {}
-                        out = compressed.get(bits)  # type: ignore[assignment]
-                        if out is None:
-                            data = deflate_message(payload, bits, self._level, self._mem_level)
-                            out = compressed[bits] = _frame.encode_frame(opcode, data, True, True)
+                if deflate is not None and deflate.shared_bits:
+                    if compressed is None:
+                        compressed = {}
+                    out = compressed.get(deflate.shared_bits) or self._deflated(compressed, deflate.shared_bits, opcode, payload)
             if not corked:
                 # Outside a dispatch: hold each member's writes until the
                 # end of this loop iteration, so the k messages one broker
@@ -251,6 +246,13 @@ class Hub:
             if conn.write_frame(out):
                 sent += 1
         self.counters["delivered"] += sent
+
+    def _deflated(self, cache: dict[int, bytes], bits: int, opcode: int, payload: bytes) -> bytes:
+        """The message compressed once for every member with this window."""
+        data = deflate_message(payload, bits, self._level, self._mem_level)
+        frame: bytes = _frame.encode_frame(opcode, data, True, True)
+        cache[bits] = frame
+        return frame
 
     def _slow(self, conn: "Connection", room: str) -> None:
         if self._close_slow:

@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from ..exceptions import HistoryGap
 from .broker import FLAG_OFFSET, NODE_ID_SIZE, backoff, quiet_task
@@ -153,7 +153,7 @@ class _Shard:
                 self.pubsub = None
                 self.up.clear()
                 try:
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except Exception:
                     pass
             await asyncio.sleep(backoff(attempt))
@@ -205,7 +205,7 @@ class RedisBroker:
     # -- lifecycle ------------------------------------------------------------
 
     def _options(self) -> tuple[str, int, dict[str, Any]]:
-        parsed = aioredis.connection.parse_url(self.url.replace("redis+cluster://", "redis://", 1))
+        parsed: dict[str, Any] = dict(aioredis.connection.parse_url(self.url.replace("redis+cluster://", "redis://", 1)))
         host = parsed.pop("host", "localhost")
         port = parsed.pop("port", 6379)
         parsed.pop("connection_class", None)
@@ -239,7 +239,7 @@ class RedisBroker:
         """Read the slot map from a startup node: one shard per master."""
         seed = _client(host, port, options)
         try:
-            slots = await seed.execute_command("CLUSTER SLOTS")
+            slots = await seed.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
         finally:
             await seed.aclose()
         by_address: dict[tuple[str, int], _Shard] = {}
@@ -428,7 +428,7 @@ class RedisBroker:
             epoch = await shard.client.get(self._key(room, "epoch"))
             if epoch is None:
                 continue
-            since = f"{epoch.decode()}:{last[0]}-{last[1]}"
+            since = f"{epoch.decode() if isinstance(epoch, bytes) else epoch}:{last[0]}-{last[1]}"
             try:
                 missed = await self.history(room, since)
             except HistoryGap as gap:
