@@ -128,7 +128,12 @@ class _Shard:
                 continue
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await getattr(pubsub, broker.sub_command)(*self.channels)
+                if broker.cluster:
+                    # SSUBSCRIBE takes channels of one slot per command.
+                    for channel in list(self.channels):
+                        await pubsub.ssubscribe(channel)
+                else:
+                    await pubsub.subscribe(*self.channels)
                 self.pubsub = pubsub
                 if self.lost:
                     self.lost = False
