@@ -207,6 +207,7 @@ class WorkersBroker:
         self._rooms: set[str] = set()
         self._link: _WorkerLink | None = None
         self._pending: deque[bytes] = deque()
+        self._batch: list[bytes] = []
         self._queue_limit = config.broker_queue
         self._task: asyncio.Task[None] | None = None
 
@@ -262,11 +263,29 @@ class WorkersBroker:
     def publish(self, room: str, message: bytes) -> None:
         name = room.encode()
         frame = _frame(b"P", _ROOM_LEN.pack(len(name)) + name + message)
-        if not self._send(frame):
+        if self._link is None:
             if len(self._pending) >= self._queue_limit:
                 self._pending.popleft()
                 self.counters["queued_dropped"] += 1
             self._pending.append(frame)
+            return
+        # What is published in one loop iteration goes out in one write.
+        batch = self._batch
+        batch.append(frame)
+        if len(batch) == 1:
+            asyncio.get_running_loop().call_soon(self._write_batch)
+
+    def _write_batch(self) -> None:
+        batch = self._batch
+        self._batch = []
+        link = self._link
+        if link is not None and link.transport is not None and not link.transport.is_closing():
+            link.transport.writelines(batch)
+        else:
+            self._pending.extend(batch)  # sent when the link is back
+            while len(self._pending) > self._queue_limit:
+                self._pending.popleft()
+                self.counters["queued_dropped"] += 1
 
     async def history(self, room: str, since: str) -> list[tuple[str, bytes]]:
         raise ValueError("room history needs a Redis broker")

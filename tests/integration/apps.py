@@ -163,3 +163,17 @@ class ShoutsCompressed(Handler):
 
     def on_message(self, ws, data, is_text):  # type: ignore[no-untyped-def]
         ws.send(data.upper(), is_text)
+
+
+class RoomByWorker(Handler):
+    """Callback level: say which process serves the connection, join room
+    "r", and publish every message to it (the ``workers`` broker's tests)."""
+
+    def on_connect(self, ws):  # type: ignore[no-untyped-def]
+        import os
+
+        ws.send(f"pid {os.getpid()}")
+        ws.subscribe("r")
+
+    def on_message(self, ws, data, is_text):  # type: ignore[no-untyped-def]
+        ws.publish("r", data, text=is_text)
