@@ -302,7 +302,7 @@ class Config:
     #: brokers only). Messages then reach clients as ``"<offset> <message>"``.
     room_history: bool = option(False, "--room-history", help="keep recent room messages in Redis for resuming (redis brokers)", kind="flag")
     #: Messages kept per room (approximately: Redis trims in whole nodes).
-    room_history_size: int = option(1000, "--room-history-size", help="messages kept per room with --room-history", kind="int")
+    room_history_size: int = option(1_000, "--room-history-size", help="messages kept per room with --room-history", kind="int")
     #: Seconds a room's history outlives its last message.
     room_history_ttl: float = option(
         300.0, "--room-history-ttl", help="seconds a room's history is kept after its last message", kind="seconds"

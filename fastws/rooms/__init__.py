@@ -10,7 +10,31 @@ the supervisor), ``redis://`` (Redis pub/sub) or ``redis+cluster://``
 
 from __future__ import annotations
 
-from .broker import Broker, MemoryBroker, open_broker
+from typing import TYPE_CHECKING
+
+from .broker import Broker, MemoryBroker
 from .hub import Hub, parse_offset
 
+if TYPE_CHECKING:
+    from ..config import Config
+
 __all__ = ["Broker", "Hub", "MemoryBroker", "open_broker", "parse_offset"]
+
+
+def open_broker(config: "Config", relay: str | None = None) -> Broker:
+    """The broker ``config.broker`` names. ``relay``: the Unix socket of the
+    supervisor's relay (``--workers N`` with ``--broker workers``)."""
+    url = config.broker
+    if url == "memory" or (url == "workers" and relay is None):
+        # One process: "workers" without workers is the memory broker.
+        return MemoryBroker()
+    if url == "workers":
+        from .workers import WorkersBroker
+
+        assert relay is not None
+        return WorkersBroker(relay, config)
+    try:
+        from .redis import RedisBroker
+    except ImportError as exc:  # pragma: no cover - redis is a dependency
+        raise RuntimeError(f"broker {url!r} needs redis-py: pip install 'redis[hiredis]>=8' ({exc})") from None
+    return RedisBroker(url, config)

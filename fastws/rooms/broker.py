@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from .hub import Hub
 
-__all__ = ["Broker", "MemoryBroker", "FLAG_TEXT", "FLAG_OFFSET", "NODE_ID_SIZE", "backoff", "open_broker"]
+__all__ = ["Broker", "MemoryBroker", "FLAG_TEXT", "FLAG_OFFSET", "NODE_ID_SIZE", "backoff", "quiet_task"]
 
 logger = logging.getLogger("fastws.rooms")
 
@@ -123,25 +123,6 @@ def backoff(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
     exponential up to ``cap``, with full jitter so that nodes that lost
     their broker together do not all come back in the same millisecond."""
     return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
-
-
-def open_broker(config: "Config", relay: str | None = None) -> Broker:
-    """The broker ``config.broker`` names. ``relay``: the Unix socket of the
-    supervisor's relay (``--workers N`` with ``--broker workers``)."""
-    url = config.broker
-    if url == "memory" or (url == "workers" and relay is None):
-        # One process: "workers" without workers is the memory broker.
-        return MemoryBroker()
-    if url == "workers":
-        from .workers import WorkersBroker
-
-        assert relay is not None
-        return WorkersBroker(relay, config)
-    try:
-        from .redis import RedisBroker
-    except ImportError as exc:  # pragma: no cover - redis is a dependency
-        raise RuntimeError(f"broker {url!r} needs redis-py: pip install 'redis[hiredis]>=8' ({exc})") from None
-    return RedisBroker(url, config)
 
 
 def quiet_task(task: "asyncio.Task[Any]") -> None:

@@ -329,7 +329,7 @@ class RedisBroker:
         if len(self._pending) >= self._queue_limit:
             self._pending.popleft()
             self.counters["queued_dropped"] += 1
-            if self.counters["queued_dropped"] == 1 or self.counters["queued_dropped"] % 1000 == 0:
+            if self.counters["queued_dropped"] == 1 or self.counters["queued_dropped"] % 1_000 == 0:
                 logger.warning("rooms: broker unreachable; %d queued messages dropped so far", self.counters["queued_dropped"])
         self._pending.append((room, message))
         if self._flushing is None or self._flushing.done():
