@@ -12,6 +12,23 @@
   (``ws.send(message, opcode)``), run until SIGTERM or SIGINT. socketify
   runs its own loop (libuv, driven from an asyncio loop that it polls), so
   ``bench.servers socketify`` starts it as a subprocess of its own.
+- :class:`RoomsBroadcast` — a fastws callback-level ``Handler`` on fastws'
+  rooms: every connection subscribes to the room ``"bench"`` in
+  ``on_connect`` and publishes every message it sends to that room
+  (``ws.publish(ROOM, data, text=is_text)``), so each message reaches every
+  member on every node, the sender included, with its opcode. The CLI
+  serves it as ``bench.peer_apps:RoomsBroadcast`` (``bench.servers
+  fastws-rooms-workers-broadcast``). It is looked up lazily (module
+  ``__getattr__``): the ASGI/RSGI peers that import this module do not load
+  fastws.
+- ``python -m bench.peer_apps fastws-rooms --host H --port P --max-size N
+  --broker URL`` — one fastws node serving :class:`RoomsBroadcast` with
+  ``fastws.serve(..., reuse_port=True, broker=URL)`` on uvloop until SIGTERM
+  or SIGINT: several such processes share one port (``SO_REUSEPORT``), each
+  a node of its own with its own broker connection (``bench.servers
+  fastws-rooms-redisN-broadcast``). ``fastws serve`` cannot do that: with
+  ``--workers 1`` it binds without ``SO_REUSEPORT``, and ``--workers N``
+  makes the workers of one supervisor.
 
 Each closes the connection when the client's close frame arrives (the
 server answers it) and never logs per connection.
@@ -21,12 +38,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["echo_asgi", "echo_rsgi", "main", "run_socketify"]
+__all__ = ["ROOM", "RoomsBroadcast", "echo_asgi", "echo_rsgi", "main", "run_fastws_rooms", "run_socketify"]
+
+#: The one room of the rooms broadcast servers.
+ROOM = "bench"
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -146,15 +168,89 @@ def run_socketify(host: str, port: int, max_size: int, broadcast: bool = False) 
     app.run()  # sets its own SIGINT handler, which also closes the app
 
 
+def _rooms_broadcast() -> type:
+    """Make :class:`RoomsBroadcast` (fastws imported only when it is asked for)."""
+    from fastws import Connection, Handler
+
+    class RoomsBroadcast(Handler):
+        """Every connection is a member of ``ROOM``; what it sends is published there."""
+
+        def on_connect(self, ws: Connection) -> None:
+            ws.subscribe(ROOM)
+
+        def on_message(self, ws: Connection, data: bytes, is_text: bool) -> None:
+            ws.publish(ROOM, data, text=is_text)
+
+        # on_close: nothing to do, a connection that ends leaves its rooms.
+
+    RoomsBroadcast.__module__ = __name__
+    RoomsBroadcast.__qualname__ = "RoomsBroadcast"
+    return RoomsBroadcast
+
+
+_lazy: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: ``bench.peer_apps:RoomsBroadcast`` (fastws serve's target) and
+    # ``from bench.peer_apps import RoomsBroadcast`` import fastws then, not before.
+    if name == "RoomsBroadcast":
+        if name not in _lazy:
+            _lazy[name] = _rooms_broadcast()
+        return _lazy[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: Seconds a rooms node may take to close (its broker included) on SIGTERM.
+ROOMS_STOP_TIMEOUT = 5.0
+
+
+def run_fastws_rooms(host: str, port: int, max_size: int, broker: str) -> None:
+    """Serve :class:`RoomsBroadcast` on ``host:port`` with ``SO_REUSEPORT``
+    and ``broker`` as one fastws node, on uvloop, until SIGTERM or SIGINT."""
+    import uvloop
+
+    import fastws
+
+    async def serve() -> None:
+        handler = __getattr__("RoomsBroadcast")
+        server = await fastws.serve(
+            handler, host, port, reuse_port=True, broker=broker, access_log=False, max_message_size=max_size
+        )
+        loop = asyncio.get_running_loop()
+        stop: asyncio.Future[None] = loop.create_future()
+
+        def on_signal() -> None:
+            if not stop.done():
+                stop.set_result(None)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        await stop
+        server.close()  # the broker too: its Redis connections are closed
+        try:
+            await asyncio.wait_for(server.wait_closed(), ROOMS_STOP_TIMEOUT)
+        except TimeoutError:
+            print(f"fastws-rooms node {os.getpid()}: not closed after {ROOMS_STOP_TIMEOUT:g} s", file=sys.stderr, flush=True)
+
+    uvloop.run(serve())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.peer_apps", description="Run a peer echo server that needs a process of its own.")
-    p.add_argument("server", choices=["socketify"])
+    p.add_argument("server", choices=["socketify", "fastws-rooms"])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9001)
     p.add_argument("--max-size", type=int, default=16 * 2**20)
     p.add_argument("--broadcast", action="store_true", help="send every message to every connection instead of echoing it")
+    p.add_argument("--broker", default="memory", help="fastws-rooms: the rooms broker (memory, redis://host:port/db)")
+    p.add_argument("--log-level", default="error", help="fastws-rooms: logging level (default error)")
     args = p.parse_args(argv)
-    run_socketify(args.host, args.port, args.max_size, args.broadcast)
+    if args.server == "fastws-rooms":
+        logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+        run_fastws_rooms(args.host, args.port, args.max_size, args.broker)
+    else:
+        run_socketify(args.host, args.port, args.max_size, args.broadcast)
     return 0
 
 

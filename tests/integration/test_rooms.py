@@ -27,6 +27,7 @@ get nothing from a room asks ``rooms`` and must find the answer first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
@@ -50,7 +51,7 @@ from fastws.codec._frame_py import OP_BINARY, OP_CLOSE, OP_TEXT, FrameReader, en
 from fastws.types import State
 
 from ..conftest import ROOT, raw_connect, serving, unit
-from .conftest import run_cli, upgrade_request
+from .conftest import free_port, run_cli, upgrade_request
 
 pytestmark = pytest.mark.timeout(int(unit(60)))
 
@@ -116,16 +117,17 @@ async def room_handler(ws: Any) -> None:
     join_from_path(ws)
     async for message in ws:
         assert isinstance(message, str)
-        if message.startswith("join "):
-            _, room, *name = message.split(" ", 2)
-            # At this level the future is awaited: 0 messages replayed.
-            replayed = await ws.subscribe(room, member=name[0] if name else None)
-            reply: str | None = f"joined {room} {replayed}"
-        else:
-            try:
+        reply: str | None
+        try:
+            if message.startswith("join "):
+                _, room, *name = message.split(" ", 2)
+                # At this level the future is awaited: 0 messages replayed.
+                replayed = await ws.subscribe(room, member=name[0] if name else None)
+                reply = f"joined {room} {replayed}"
+            else:
                 reply = command(ws, message)
-            except ValueError as exc:
-                reply = f"error {exc}"
+        except ValueError as exc:
+            reply = f"error {exc}"
         if reply is not None:
             await ws.send(reply)
 
@@ -608,6 +610,30 @@ async def test_policy_drop_skips_a_stalled_member_and_keeps_it_open(handler: Any
         await normal.close()
 
 
+@pytest.mark.parametrize("policy", ["close", "drop"])
+async def test_a_burst_held_by_the_cork_does_not_make_a_reading_member_slow(policy: str) -> None:
+    """``room_max_buffer`` below ``write_limit`` (64 KiB): 8 messages of 4 KiB
+    published in one go to a member that reads and has nothing buffered.
+    Nothing has even been handed to its socket yet (the hub corks it until
+    the end of the loop iteration): it is not a slow receiver."""
+    options = {"room_max_buffer": 16 * 1024, "room_slow_policy": policy, "compression": None}
+    async with serving(RoomHandler, **options) as (server, url):
+        member = await connect(url + "/join/r", **CLIENT)
+        await until(lambda: members(server, "r") == 1, what="join")
+        conn = find_conn(server, "/join/r")
+        assert conn.write_buffer_size == 0
+        for i in range(8):
+            server.publish("r", slow_message(i))
+        got = []
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(8):
+                got.append(await recv(member))
+        figures = server.stats()["rooms"]
+        assert (figures["closed_slow"], figures["dropped"]) == (0, 0), figures
+        assert got == [slow_message(i) for i in range(8)]
+        await member.close()
+
+
 # -- 7. publish inside on_message, a pipelined burst ----------------------------------------
 
 FAN = 50
@@ -671,6 +697,42 @@ async def test_since_without_history_is_an_error_at_the_coroutine_level() -> Non
             assert await ask(ws, "rooms") == "rooms "
             assert members(server, "r") == 0 and server.stats()["rooms"]["members"] == 0
             assert await ask(ws, "join r") == "joined r 0"  # and the connection is fine
+
+
+async def test_an_empty_room_name_is_refused() -> None:
+    async with serving(room_handler, compression=None) as (server, url):
+        async with connect(url + "/", **CLIENT) as ws:
+            answer = await ask(ws, "join ")
+            assert isinstance(answer, str) and answer.startswith("error ") and "room" in answer, answer
+            assert await ask(ws, "rooms") == "rooms "
+            assert server.stats()["rooms"]["rooms"] == 0
+
+
+async def test_a_malformed_since_leaves_no_membership() -> None:
+    """With history on (a Redis broker; an unreachable one will do: the
+    broker retries in the background), ``subscribe(room, since="garbage")``
+    raises ValueError; the failed call must not leave the connection in the
+    room."""
+    broker = f"redis://127.0.0.1:{free_port()}/0"
+    async with serving(room_handler, compression=None, broker=broker, room_history=True) as (server, url):
+        async with connect(url + "/", **CLIENT) as ws:
+            answer = await ask(ws, "since r garbage")
+            assert isinstance(answer, str) and answer.startswith("error not a room offset"), answer
+            assert await ask(ws, "rooms") == "rooms "  # not in the room it failed to join
+            figures = server.stats()["rooms"]
+            assert (figures["rooms"], figures["members"]) == (0, 0), figures
+
+
+def test_history_gap_is_public() -> None:
+    """``Connection.subscribe`` documents that its future raises
+    ``fastws.HistoryGap``; an application catches it from the public API."""
+    from fastws.exceptions import HistoryGap
+
+    assert getattr(fastws, "HistoryGap", None) is HistoryGap
+    gap = HistoryGap("r", "e:1-0", "trimmed")
+    assert isinstance(gap, fastws.WebSocketException) and isinstance(gap, LookupError)
+    assert (gap.room, gap.offset, gap.why) == ("r", "e:1-0", "trimmed")
+    assert "'r'" in str(gap) and "'e:1-0'" in str(gap) and "trimmed" in str(gap)
 
 
 async def test_since_without_history_closes_a_callback_level_connection_with_1011() -> None:
