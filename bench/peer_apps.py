@@ -45,7 +45,7 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["ROOM", "RoomsBroadcast", "echo_asgi", "echo_rsgi", "main", "run_fastws_rooms", "run_socketify"]
+__all__ = ["ROOM", "echo_asgi", "echo_rsgi", "main", "run_fastws_rooms", "run_socketify"]
 
 #: The one room of the rooms broadcast servers.
 ROOM = "bench"

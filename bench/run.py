@@ -92,8 +92,17 @@ __all__ = ["main"]
 
 DEFAULT_SERVERS = ["fastws-callback", "fastws-coroutine", "picows", "websockets", "aiohttp"]
 ROOT = Path(__file__).resolve().parent.parent
+#: ``bench.servers`` name of a server's broadcast variant: NAME + this.
+BROADCAST_SUFFIX = "-broadcast"
+#: Names ``--servers`` accepts that have only a broadcast variant (the rooms
+#: servers: ``fastws-rooms`` runs ``fastws-rooms-broadcast``); other scenarios skip them.
+BROADCAST_ONLY = [
+    name.removesuffix(BROADCAST_SUFFIX)
+    for name in SERVERS
+    if name.endswith(BROADCAST_SUFFIX) and name.removesuffix(BROADCAST_SUFFIX) not in SERVERS
+]
 #: Servers of ``bench.servers`` that run fastws (the others are its peers).
-FASTWS_SERVERS = [name for name in SERVERS if name.startswith("fastws")]
+FASTWS_SERVERS = [name for name in [*SERVERS, *BROADCAST_ONLY] if name.startswith("fastws")]
 #: ``fastws-callback@base``: fastws-callback on the ``--baseline`` commit's fastws.
 BASE_SUFFIX = "@base"
 #: Percent of a core used by neither server nor loadgen above which we warn.
@@ -292,8 +301,6 @@ def prepare_baseline(ref: str, dest: Path, bench_dir: Path) -> dict[str, Any]:
 #: The scenarios of ``fastws bench`` (fastws/bench/command.py, SCENARIOS;
 #: the ``scenario`` enum of fastws/bench/result.schema.json).
 SCENARIOS = ("pipelined", "rr", "large", "handshakes", "idle", "broadcast", "compressed")
-#: ``bench.servers`` name of a server's broadcast variant: NAME + this.
-BROADCAST_SUFFIX = "-broadcast"
 #: Words of ``fastws bench``'s fatal message when a server refuses compression.
 DEFLATE_REFUSED = "permessage-deflate"
 
@@ -302,12 +309,13 @@ def server_for(scenario: str, name: str) -> str | None:
     """The ``bench.servers`` server that runs ``scenario`` for the server
     listed as ``name``: ``NAME-broadcast`` (``@base`` kept) for broadcast,
     ``name`` itself for the echo scenarios; None when there is none (no
-    broadcast variant; a broadcast server does not echo)."""
+    broadcast variant; a broadcast server, or a name with only a broadcast
+    variant such as ``fastws-rooms``, does not echo)."""
     base, at, tail = name.partition("@")
     if scenario == "broadcast":
         variant = base if base.endswith(BROADCAST_SUFFIX) else base + BROADCAST_SUFFIX
         return variant + at + tail if variant in SERVERS else None
-    return None if base.endswith(BROADCAST_SUFFIX) else name
+    return None if base.endswith(BROADCAST_SUFFIX) or base in BROADCAST_ONLY else name
 
 
 def headline(doc: dict[str, Any]) -> tuple[float | None, str | None]:
@@ -512,6 +520,9 @@ def run_one(
         except subprocess.TimeoutExpired as exc:
             row["fatal"].append(f"fastws bench did not finish in {exc.timeout:.0f} s")
         finally:
+            parts = tree_cpu_parts(proc.pid)
+            if parts is not None:
+                row["server_tree_cpu_s"] = parts
             status = _stop(proc)
         errlog.seek(0)
         log = errlog.read().decode("utf-8", "replace")
@@ -521,6 +532,44 @@ def run_one(
     row["server_log_lines"] = len(log.splitlines())
     row["server_log_tail"] = "\n".join(log.splitlines()[-15:])
     return row
+
+
+#: Processes of a server's tree whose CPU time ``bench.run`` also reports on its own.
+SIDE_PROCESSES = ("redis-server",)
+
+
+def tree_cpu_parts(pid: int) -> dict[str, float] | None:
+    """CPU seconds since they started of the processes in ``pid``'s tree,
+    split into each of :data:`SIDE_PROCESSES` and ``fastws`` (every other
+    process: the bench.servers wrapper, the nodes or workers); None when the
+    tree has none of them. It covers the server's whole life (start,
+    connections, warmup, window, drain), not only the measured window; the
+    load generator's server CPU (the whole tree over the window) includes them."""
+    try:
+        import psutil
+
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except Exception:  # noqa: BLE001 - no psutil, or gone
+        return None
+    parts: dict[str, float] = {}
+    for p in procs:
+        try:
+            with p.oneshot():
+                name = p.name()
+                t = p.cpu_times()
+        except psutil.Error:
+            continue
+        key = next((side for side in SIDE_PROCESSES if name.startswith(side)), "fastws")
+        parts[key] = parts.get(key, 0.0) + t.user + t.system
+    return parts if any(side in parts for side in SIDE_PROCESSES) else None
+
+
+def side_cpu_share(row: dict[str, Any], side: str = "redis-server") -> float | None:
+    """``side``'s percentage of the server tree's CPU over the run (None without it)."""
+    parts = row.get("server_tree_cpu_s") or {}
+    total = sum(parts.values())
+    return 100 * parts[side] / total if side in parts and total > 0 else None
 
 
 def refused_compression(row: dict[str, Any]) -> bool:
@@ -592,6 +641,7 @@ def summarise(runs: list[dict[str, Any]], scenario: str, servers: list[str]) -> 
             "errors_total": sum(_errors_total(d) for d in docs),
             "wake_us": _median([(d.get("machine") or {}).get("wake_us") for d in docs]),
             "server_log_lines": sum(r.get("server_log_lines", 0) for r in mine),
+            "redis_cpu_share_pct": _median([side_cpu_share(r) for r in good]),
             "failed": [f for r in mine for f in r["fatal"]],
         }
         out.append(s)
@@ -724,6 +774,11 @@ def format_table(
             notes.append(f"ERRORS {s['server']}: {s['errors']} {'; '.join(s['failed'])}".rstrip())
         if s["server_log_lines"]:
             notes.append(f"note {s['server']}: the server wrote {s['server_log_lines']} log line(s) to stderr (see JSON)")
+        if s.get("redis_cpu_share_pct") is not None:
+            notes.append(
+                f"note {s['server']}: srv CPU and srv us/op include redis-server, {s['redis_cpu_share_pct']:.0f}% of "
+                "the server processes' CPU time over each whole run (start to stop; median of rounds)"
+            )
     if notes:
         out += [""] + notes
     return "\n".join(out)
@@ -996,7 +1051,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--servers",
         default=",".join(DEFAULT_SERVERS),
-        help=f"comma-separated, from: {', '.join(SERVERS)}; with --baseline also "
+        help=f"comma-separated, from: {', '.join(SERVERS)}; for --scenario broadcast only: "
+        f"{', '.join(BROADCAST_ONLY)}; with --baseline also "
         f"{', '.join(n + BASE_SUFFIX for n in FASTWS_SERVERS)}",
     )
     p.add_argument(
@@ -1085,7 +1141,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.chart and not opts.chart.endswith(".svg"):
         parser.error("--chart writes an .svg file")
     servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
-    known = list(SERVERS)
+    known = [*SERVERS, *BROADCAST_ONLY]
     if opts.baseline:
         known += [name + BASE_SUFFIX for name in FASTWS_SERVERS]
         if not any(s.endswith(BASE_SUFFIX) for s in servers):
@@ -1107,7 +1163,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in servers:
             actual = server_for(sc, name)
             if actual is None:
-                why = "no broadcast variant in bench.servers" if sc == "broadcast" else "a broadcast server does not echo"
+                if sc == "broadcast":
+                    why = "no broadcast variant in bench.servers"
+                elif name.partition("@")[0] in BROADCAST_ONLY:
+                    why = f"it has only a broadcast variant ({name.partition('@')[0]}{BROADCAST_SUFFIX})"
+                else:
+                    why = "a broadcast server does not echo"
                 skipped[sc].append(f"{name}: {why}")
             else:
                 plan[sc].append((name, actual))

@@ -1,5 +1,7 @@
 """The echo servers we compare, each on uvloop, in one process but for ``fastws-cli-w2`` and
-``granian`` (a supervisor and its workers), and ``socketify`` (a child process).
+``granian`` (a supervisor and its workers), ``socketify`` (a child process), and
+the rooms servers ``fastws-rooms-workers-broadcast`` (the CLI's workers) and
+``fastws-rooms-redisN-broadcast`` (redis-server and N fastws nodes, all child processes).
 
 ``python -m bench.servers NAME --port P`` runs one of:
 
@@ -79,6 +81,32 @@
   instead (fastws drops a peer past ``max_write_buffer``, 16 MiB by
   default). picows forwards frames as they come, so a fragmented message is
   not reassembled (the load generator sends none).
+- ``fastws-rooms-*-broadcast`` — the same broadcast through fastws' rooms
+  (``bench.peer_apps.RoomsBroadcast``: every connection ``ws.subscribe("bench")``
+  in ``on_connect``, every message ``ws.publish("bench", data, text=is_text)``),
+  one per rooms backend:
+
+  - ``fastws-rooms-broadcast``: in this process, ``broker="memory"``;
+  - ``fastws-rooms-workers-broadcast``: the CLI, ``python -m fastws serve
+    bench.peer_apps:RoomsBroadcast --workers 2 --broker workers`` (as
+    ``fastws-cli-w2``: 2 workers sharing the port with ``SO_REUSEPORT``; the
+    supervisor runs the relay that carries each worker's publishes to the
+    other);
+  - ``fastws-rooms-redisN-broadcast`` (N = 1, 2, 3): this process starts one
+    ``redis-server`` (on a free loopback port, ``--save "" --appendonly no``,
+    in a temporary directory of its own, its log there) and N independent
+    fastws nodes, ``python -m bench.peer_apps fastws-rooms --broker
+    redis://127.0.0.1:PORT/0``: separate processes (not workers of one
+    supervisor), each with its own Redis connections, all on the same port
+    with ``SO_REUSEPORT``, so the kernel spreads the connections over them
+    like a load balancer (by a hash of the addresses, not evenly). They are
+    stopped with it: the nodes first, then redis-server.
+
+  Every process of these servers is a child of this one, so the load
+  generator's server CPU and RSS (this process's tree) include all the
+  nodes, the CLI's supervisor and relay thread, and redis-server too. The
+  default slow-receiver policy of rooms holds (``room_max_buffer`` 1 MiB, then
+  close 1013), and Redis' default ``client-output-buffer-limit pubsub 32mb 8mb 60``.
 
 All (the ``-broadcast`` ones but for what they send back) echo text as text
 and binary as binary, accept any path, answer a close frame, negotiate no
@@ -111,7 +139,7 @@ from typing import Any, Protocol
 
 from bench import tls
 
-__all__ = ["SERVERS", "TLS_SUFFIX", "fastws_digest", "foreign_fastws_modules", "is_tls", "main", "workers"]
+__all__ = ["SERVERS", "TLS_SUFFIX", "fastws_digest", "foreign_fastws_modules", "is_tls", "main", "redis_server_path", "workers"]
 
 MAX_SIZE = 16 * 2**20
 #: A server name ending so speaks wss:// (the server of the name without it, with TLS).
@@ -119,6 +147,12 @@ TLS_SUFFIX = "-tls"
 #: Seconds a ``fastws-cli-*`` server may take to listen, and to stop on SIGTERM.
 CLI_START_TIMEOUT = 15.0
 CLI_STOP_TIMEOUT = 8.0
+#: Worker processes of ``fastws-rooms-workers-broadcast``.
+ROOMS_WORKERS = 2
+#: ``fastws-rooms-redisN``: N fastws nodes sharing one redis-server.
+ROOMS_REDIS_PREFIX = "fastws-rooms-redis"
+#: The bench.peer_apps handler of the rooms broadcast servers.
+ROOMS_TARGET = "bench.peer_apps:RoomsBroadcast"
 
 
 class ServerStart(Protocol):
@@ -134,10 +168,19 @@ def is_tls(name: str) -> bool:
 
 
 def workers(name: str) -> int:
-    """How many worker processes server ``name`` serves with (``fastws-cli-wN``: N)."""
-    base = name.partition("@")[0]
+    """How many processes serve connections for server ``name``
+    (``fastws-cli-wN``: N workers; ``fastws-rooms-workers``: 2;
+    ``fastws-rooms-redisN``: N nodes, redis-server not counted), with or
+    without its ``-broadcast`` suffix."""
+    base = name.partition("@")[0].removesuffix("-broadcast")
     prefix = "fastws-cli-w"
-    return int(base.removeprefix(prefix)) if base.startswith(prefix) else 1
+    if base.startswith(prefix):
+        return int(base.removeprefix(prefix))
+    if base == "fastws-rooms-workers":
+        return ROOMS_WORKERS
+    if base.startswith(ROOMS_REDIS_PREFIX) and base.removeprefix(ROOMS_REDIS_PREFIX).isdigit():
+        return int(base.removeprefix(ROOMS_REDIS_PREFIX))
+    return 1
 
 
 async def _fastws_callback(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
@@ -551,32 +594,54 @@ async def _start_process(
     ``port``) in a session of its own; return it once the port has that many
     listening sockets and answers a WebSocket handshake. ``stdout``: where
     its standard output goes (default: ours)."""
+    cli = _Cli(_spawn(cmd, stdout))
+    await _wait_serving([cli], host, port, what, listeners)
+    return cli
+
+
+def _spawn(cmd: list[str], stdout: int | None = None) -> subprocess.Popen[bytes]:
     # Its own session, so that a stuck one is killed whole (killpg), workers included.
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, start_new_session=True, preexec_fn=_die_with_parent)
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+async def _wait_serving(procs: list[_Cli], host: str, port: int, what: str, listeners: int) -> None:
+    """Wait until ``port`` has ``listeners`` listening sockets and answers a
+    WebSocket handshake; if one of ``procs`` exits first, or it takes more
+    than ``CLI_START_TIMEOUT``, stop them all and raise."""
     deadline = time.monotonic() + CLI_START_TIMEOUT
     while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode} before listening")
+        dead = [p.proc for p in procs if p.proc.poll() is not None]
+        if dead:
+            for p in procs:
+                p.close()
+            raise RuntimeError(f"{what}: a process exited with status {dead[0].returncode} before listening")
         if _listening(port) >= listeners and await _answers_upgrade(host, port):
-            return _Cli(proc)
+            return
         if time.monotonic() > deadline:
-            _Cli(proc).close()
+            for p in procs:
+                p.close()
             raise RuntimeError(f"{what}: not serving on port {port} after {CLI_START_TIMEOUT:g} s")
         await asyncio.sleep(0.05)
 
 
-async def _fastws_cli(host: str, port: int, max_size: int, ssl: SSLContext | None = None, worker_count: int = 1) -> Any:
-    """``python -m fastws serve`` with ``--workers worker_count``, once all its
-    workers listen and it answers a WebSocket handshake (see the module docstring)."""
+async def _fastws_cli(
+    host: str, port: int, max_size: int, ssl: SSLContext | None = None, worker_count: int = 1,
+    target: str = "fastws.demo:EchoHandler", extra: tuple[str, ...] = (),
+) -> Any:  # fmt: skip
+    """``python -m fastws serve target`` with ``--workers worker_count`` (and
+    ``extra`` options), once all its workers listen and it answers a
+    WebSocket handshake (see the module docstring)."""
     import fastws  # noqa: F401 - the ready line's fingerprint: the copy the child imports too (same cwd, PYTHONPATH)
 
     if ssl is not None:
         raise ValueError("fastws-cli servers have no TLS variant")
     cmd = [
-        sys.executable, "-m", "fastws", "serve", "fastws.demo:EchoHandler", "--host", host, "--port", str(port),
+        sys.executable, "-m", "fastws", "serve", target, "--host", host, "--port", str(port),
         "--workers", str(worker_count), "--no-access-log", "--log-level", "warning", "--ws-max-size", str(max_size),
+        *extra,
     ]  # fmt: skip
-    return await _start_process(cmd, host, port, f"fastws serve --workers {worker_count}", listeners=worker_count)
+    what = " ".join(["fastws serve", "--workers", str(worker_count), *extra])
+    return await _start_process(cmd, host, port, what, listeners=worker_count)
 
 
 async def _fastws_cli_w1(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
@@ -585,6 +650,145 @@ async def _fastws_cli_w1(host: str, port: int, max_size: int, ssl: SSLContext | 
 
 async def _fastws_cli_w2(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
     return await _fastws_cli(host, port, max_size, ssl, worker_count=2)
+
+
+async def _fastws_rooms_broadcast(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    """Rooms, one process: ``bench.peer_apps.RoomsBroadcast`` on the memory broker."""
+    import fastws
+    from bench.peer_apps import RoomsBroadcast
+
+    return await fastws.serve(
+        RoomsBroadcast, host, port, access_log=False, max_message_size=max_size, ssl=ssl, broker="memory"
+    )
+
+
+async def _fastws_rooms_workers_broadcast(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    """Rooms across the CLI's workers: ``fastws serve ... --workers 2 --broker workers``."""
+    return await _fastws_cli(host, port, max_size, ssl, ROOMS_WORKERS, ROOMS_TARGET, ("--broker", "workers"))
+
+
+#: Seconds redis-server may take to answer PING.
+REDIS_START_TIMEOUT = 10.0
+
+
+def redis_server_path() -> str | None:
+    """The ``redis-server`` to run (PATH, else Debian's), or None."""
+    import shutil
+
+    found = shutil.which("redis-server")
+    if found is None and os.access("/usr/bin/redis-server", os.X_OK):
+        found = "/usr/bin/redis-server"
+    return found
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+async def _redis_pong(host: str, port: int) -> bool:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(b"PING\r\n")
+        return (await asyncio.wait_for(reader.readline(), 1.0)).startswith(b"+PONG")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
+class _Group:
+    """Several server processes stopped together: ``nodes`` first (all told at
+    once), then ``last`` (redis-server); then ``directory`` is removed."""
+
+    def __init__(self, nodes: list[_Cli], last: _Cli | None = None, directory: str | None = None) -> None:
+        self.nodes = nodes
+        self.last = last
+        self.directory = directory
+
+    def close(self) -> None:
+        import shutil
+
+        for node in self.nodes:
+            if node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+        for node in self.nodes:
+            node.close()
+        if self.last is not None:
+            self.last.close()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+async def _start_redis(host: str) -> tuple[_Cli, str, str]:
+    """A ``redis-server`` on a free port of ``host``, without persistence, in
+    a temporary directory of its own (its log there): ``(process, redis:// URL,
+    directory)`` once it answers PING."""
+    import shutil
+
+    path = redis_server_path()
+    if path is None:
+        raise RuntimeError("fastws-rooms-redis*: redis-server not found (apt-get install redis-server)")
+    directory = tempfile.mkdtemp(prefix="fastws-bench-redis-")
+    port = _free_port(host)
+    cmd = [
+        path, "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no", "--daemonize", "no",
+        "--dir", directory, "--logfile", os.path.join(directory, "redis.log"), "--loglevel", "warning",
+    ]  # fmt: skip
+    redis = _Cli(_spawn(cmd))
+    deadline = time.monotonic() + REDIS_START_TIMEOUT
+    while not await _redis_pong(host, port):
+        if redis.proc.poll() is not None or time.monotonic() > deadline:
+            redis.close()
+            try:
+                log = Path(directory, "redis.log").read_text(errors="replace").strip().splitlines()[-3:]
+            except OSError:
+                log = []
+            shutil.rmtree(directory, ignore_errors=True)
+            status = redis.proc.returncode
+            raise RuntimeError(f"redis-server did not answer PING on {host}:{port} (status {status}): {' | '.join(log)}")
+        await asyncio.sleep(0.05)
+    return redis, f"redis://{host}:{port}/0", directory
+
+
+async def _fastws_rooms_redis(host: str, port: int, max_size: int, ssl: SSLContext | None = None, nodes: int = 1) -> Any:
+    """Rooms across ``nodes`` independent fastws processes on one port
+    (``SO_REUSEPORT``) and one redis-server (see the module docstring)."""
+    import fastws  # noqa: F401 - the ready line's fingerprint: the copy the nodes import too (same cwd, PYTHONPATH)
+
+    if ssl is not None:
+        raise ValueError("fastws-rooms-redis servers have no TLS variant")
+    redis, url, directory = await _start_redis(host)
+    cmd = [
+        sys.executable, "-m", "bench.peer_apps", "fastws-rooms", "--host", host, "--port", str(port),
+        "--max-size", str(max_size), "--broker", url,
+    ]  # fmt: skip
+    group = _Group([], redis, directory)
+    try:
+        group.nodes = [_Cli(_spawn(cmd)) for _ in range(nodes)]
+        await _wait_serving(group.nodes, host, port, f"{nodes} fastws-rooms node(s) on {url}", listeners=nodes)
+    except BaseException:
+        group.close()
+        raise
+    return group
+
+
+async def _fastws_rooms_redis1(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    return await _fastws_rooms_redis(host, port, max_size, ssl, nodes=1)
+
+
+async def _fastws_rooms_redis2(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    return await _fastws_rooms_redis(host, port, max_size, ssl, nodes=2)
+
+
+async def _fastws_rooms_redis3(host: str, port: int, max_size: int, ssl: SSLContext | None = None) -> Any:
+    return await _fastws_rooms_redis(host, port, max_size, ssl, nodes=3)
 
 
 #: name -> coroutine that starts the server and returns an object to keep.
@@ -619,6 +823,13 @@ SERVERS: dict[str, ServerStart] = {
     "websockets-broadcast": _websockets_broadcast,
     "aiohttp-broadcast": _aiohttp_broadcast,
     "socketify-broadcast": _socketify_broadcast,
+    # The same broadcast through fastws' rooms, one per backend (bench.run
+    # accepts them as fastws-rooms, fastws-rooms-workers, fastws-rooms-redisN).
+    "fastws-rooms-broadcast": _fastws_rooms_broadcast,
+    "fastws-rooms-workers-broadcast": _fastws_rooms_workers_broadcast,
+    "fastws-rooms-redis1-broadcast": _fastws_rooms_redis1,
+    "fastws-rooms-redis2-broadcast": _fastws_rooms_redis2,
+    "fastws-rooms-redis3-broadcast": _fastws_rooms_redis3,
 }
 
 

@@ -367,6 +367,9 @@ class Config:
         broker = self.broker
         if not (broker in ("memory", "workers") or broker.startswith(("redis://", "rediss://", "redis+cluster://"))):
             raise ValueError(f"broker must be memory, workers, redis://..., rediss://... or redis+cluster://...; got {broker!r}")
+        if self.room_max_buffer < self.write_limit:
+            # A member's own batch (up to write_limit) would count as waiting.
+            raise ValueError(f"room_max_buffer ({self.room_max_buffer}) must be at least write_limit ({self.write_limit})")
         if self.room_slow_policy not in ("close", "drop"):
             raise ValueError("room_slow_policy must be 'close' or 'drop'")
         for name in ("room_max_buffer", "room_history_size", "broker_queue"):

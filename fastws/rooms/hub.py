@@ -113,8 +113,10 @@ class Hub:
             raise ValueError("room must be a non-empty str")
         if conn.state is not State.OPEN:
             raise conn.close_exc if conn.state is not State.CONNECTING else RuntimeError("subscribe() before the handshake")
-        if since is not None and not self._history:
-            raise ValueError("subscribe(since=...) needs room_history=True (and a Redis broker)")
+        if since is not None:
+            if not self._history:
+                raise ValueError("subscribe(since=...) needs room_history=True (and a Redis broker)")
+            parse_offset(since)  # a malformed offset is the caller's error, before anything changes
         name = member if member is not None else str(conn.id)
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         joined = self._joined.get(conn)
@@ -135,7 +137,6 @@ class Hub:
             members.add(conn)
             done.set_result(0)
             return done
-        parse_offset(since)  # a malformed offset is the caller's error, now
         self._replaying.setdefault(room, {})[conn] = []
         done.add_done_callback(_retrieve)
         conn.track_task(asyncio.ensure_future(self._replay(conn, room, since, done)))

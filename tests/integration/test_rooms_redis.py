@@ -355,9 +355,19 @@ async def test_publishing_resumes_after_redis_is_killed_and_restarted(redis_serv
         assert numbers == sorted(set(numbers)), "duplicates or disorder on the other node"
         assert numbers[-1] == n - 1
 
+        # Both nodes lost their subscription and took it back (A's members
+        # noticed nothing: A delivers its own publishes at once).
         assert b.stats()["rooms"]["reconnects"] >= 1, b.stats()["rooms"]
-        assert a.stats()["rooms"]["reconnects"] >= 1, a.stats()["rooms"]
+        while a.stats()["rooms"]["reconnects"] < 1:
+            assert time.monotonic() - restarted < 5.0, f"node A did not resubscribe: {a.stats()['rooms']}"
+            await asyncio.sleep(0.02)
+        print(f"node A resubscribed {time.monotonic() - restarted:.2f} s after the restart")
         assert a.stats()["rooms"]["errors"] >= 1, a.stats()["rooms"]
+        rc = redis.client()
+        try:
+            await wait_numsub(rc, "r", 2)
+        finally:
+            rc.close()
 
 
 # -- d. Redis killed and restarted, with history: nothing lost -------------------------------------
@@ -422,9 +432,7 @@ async def test_with_history_nothing_is_lost_across_a_redis_crash(
 
 
 async def test_resume_gets_exactly_what_was_missed_and_gaps_are_reported(redis_server: RedisServer, clients: Any) -> None:
-    # room_history_size=10 is approximate (Redis trims whole stream nodes of
-    # 100 entries): room "r" below stays under 100 messages and keeps them all.
-    options = {"broker": redis_server.url, "room_history": True, "room_history_size": 10}
+    options = {"broker": redis_server.url, "room_history": True}
     async with serving(Rooms, **options) as (a, url_a), serving(rooms_coroutine, **options) as (b, url_b):
         witness = await clients(url_a)  # stays in the room throughout
         first = await clients(url_a)
@@ -474,44 +482,16 @@ async def test_resume_gets_exactly_what_was_missed_and_gaps_are_reported(redis_s
         await third.send("resume s nonsense")
         assert (await third.answer("error")).startswith("error not a room offset")
 
-        # Trimming: past room_history_size (and past a whole stream node) the
-        # early offsets are gone: resuming from one is a gap; from a recent
-        # one it is not.
-        watcher = await clients(url_b)
-        await watcher.join("t")
-        rc = redis_server.client()
-        try:
-            await wait_numsub(rc, "t", 1)
-            for i in range(250):
-                a.publish("t", f"t{i}")
-                if i % 50 == 49:
-                    await asyncio.sleep(0)
-            await watcher.wait_until(lambda c: len(c.data) >= 250, 10, "250 messages")
-            assert rc.xlen(f"{channel('t')}:log") < 250
-        finally:
-            rc.close()
-        early = watcher.data[5].partition(" ")[0]
-        recent = watcher.data[247].partition(" ")[0]
-        late = await clients(url_a)
-        await late.send(f"resume t {early}")
-        gap = await late.answer("gap")
-        assert "trimmed" in gap, gap
-        again = await clients(url_b)
-        await again.send(f"resume t {recent}")
-        assert await again.answer("resumed") == "resumed 2"
-        assert again.data == watcher.data[248:250]
 
-
-async def test_resume_from_an_early_offset_after_100_messages_with_history_size_10(
-    redis_server: RedisServer, clients: Any
-) -> None:
-    """The brief's literal case: 100 messages, room_history_size=10. Redis'
-    approximate trimming (``MAXLEN ~``) keeps whole stream nodes of 100
-    entries, so nothing is trimmed yet: the resume replays everything after
-    the offset (documented: "approximately: Redis trims in whole nodes")."""
+async def test_resume_after_trimming_is_a_gap(redis_server: RedisServer, clients: Any) -> None:
+    """room_history_size=10 keeps about 10 messages: Redis trims the stream
+    with ``MAXLEN ~``, in whole nodes of 100 entries (documented as
+    approximate). After 100 messages nothing is trimmed yet and a resume
+    replays everything; after 250 the early ones are gone and resuming from
+    one of them must be a gap, not a silent skip to what is left."""
     options = {"broker": redis_server.url, "room_history": True, "room_history_size": 10}
-    async with serving(Rooms, **options) as (a, url_a):
-        watcher = await clients(url_a)
+    async with serving(Rooms, **options) as (a, url_a), serving(rooms_coroutine, **options) as (b, url_b):
+        watcher = await clients(url_b)
         await watcher.join("t")
         rc = redis_server.client()
         try:
@@ -519,18 +499,41 @@ async def test_resume_from_an_early_offset_after_100_messages_with_history_size_
             for i in range(100):
                 a.publish("t", f"t{i}")
             await watcher.wait_until(lambda c: len(c.data) >= 100, 10, "100 messages")
+            kept_100 = rc.xlen(f"{channel('t')}:log")
+            early = watcher.data[5].partition(" ")[0]
+            first = await clients(url_a)
+            await first.send(f"resume t {early}")
+            await first.wait_until(lambda c: bool(c.control), 5, "an answer")
+            if kept_100 == 100:  # nothing trimmed yet: everything after t5 replayed
+                assert first.control == ["resumed 94"], (kept_100, first.control)
+                assert first.data == watcher.data[6:100]
+            else:
+                assert first.control[0].startswith("gap"), (kept_100, first.control)
+
+            for i in range(100, 250):
+                a.publish("t", f"t{i}")
+                if i % 50 == 49:
+                    await asyncio.sleep(0)
+            await watcher.wait_until(lambda c: len(c.data) >= 250, 10, "250 messages")
             kept = rc.xlen(f"{channel('t')}:log")
+            assert kept < 240, kept  # trimmed
         finally:
             rc.close()
+        # From a recent offset: what followed it.
+        recent = watcher.data[247].partition(" ")[0]
+        again = await clients(url_b)
+        await again.send(f"resume t {recent}")
+        assert await again.answer("resumed") == "resumed 2"
+        assert again.data == watcher.data[248:250]
+        # From an early one: t6..t(249 - kept) are gone, so a gap.
         late = await clients(url_a)
-        await late.send(f"resume t {watcher.data[5].partition(' ')[0]}")
+        await late.send(f"resume t {early}")
         await late.wait_until(lambda c: bool(c.control), 5, "an answer")
-        reply = late.control[0]
-        if kept < 100:
-            assert reply.startswith("gap"), (kept, reply)
-        else:
-            assert reply == "resumed 94", (kept, reply)
-            assert late.data == watcher.data[6:100]
+        assert late.control[0].startswith("gap"), (
+            f"resuming after t5 with only the last {kept} of 250 messages kept answered {late.control[0]!r} "
+            f"and replayed {len(late.data)} messages from {late.data[:1]}: t6..t{249 - kept} were skipped silently"
+        )
+        assert "trimmed" in late.control[0], late.control
 
 
 # -- f. a member that does not read --------------------------------------------------------------------
