@@ -16,7 +16,10 @@ even when the load generator, or another program, was the limit.
 Scenarios (those of ``fastws bench``): ``pipelined`` (the default), ``rr``,
 ``large``, ``handshakes``, ``idle``, ``broadcast``, ``compressed``. For
 ``broadcast`` each server NAME is run as ``NAME-broadcast`` (servers without
-one are skipped, with a note); for ``compressed``, a server that refuses
+one are skipped, with a note; names that have only a broadcast variant, the
+rooms servers ``fastws-rooms``, ``fastws-rooms-workers`` and
+``fastws-rooms-redisN``, are accepted and skipped by the echo scenarios); for
+``compressed``, a server that refuses
 permessage-deflate is skipped for the rest of the comparison, with a note.
 
 Usage::
