@@ -64,6 +64,7 @@ ROOM_COUNTERS = (
     ("reconnects", "Times the broker connection was lost and made again."),
     ("errors", "Broker commands that failed."),
     ("queued_dropped", "Messages dropped from the queue held while the broker was unreachable."),
+    ("unconfirmed", "Publishes lost with the broker connection before Redis confirmed them (not sent again without history)."),
 )
 
 

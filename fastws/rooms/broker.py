@@ -47,7 +47,8 @@ class Broker(Protocol):
     #: False for the memory broker: nothing to carry to other nodes.
     remote: bool
     #: Counters shown in metrics: ``reconnects``, ``errors``,
-    #: ``queued_dropped`` (messages dropped while unreachable).
+    #: ``queued_dropped`` (messages dropped while unreachable),
+    #: ``unconfirmed`` (publishes lost with the connection, unconfirmed).
     counters: dict[str, int]
 
     def start(self, hub: "Hub") -> Awaitable[None]:
@@ -86,7 +87,7 @@ class MemoryBroker:
     remote = False
 
     def __init__(self) -> None:
-        self.counters: dict[str, int] = {"reconnects": 0, "errors": 0, "queued_dropped": 0}
+        self.counters: dict[str, int] = {"reconnects": 0, "errors": 0, "queued_dropped": 0, "unconfirmed": 0}
         self._hub: "Hub | None" = None
 
     async def start(self, hub: "Hub") -> None:

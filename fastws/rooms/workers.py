@@ -203,7 +203,7 @@ class WorkersBroker:
     def __init__(self, path: str, config: "Config") -> None:
         self.path = path
         self.hub: "Hub | None" = None
-        self.counters: dict[str, int] = {"reconnects": 0, "errors": 0, "queued_dropped": 0}
+        self.counters: dict[str, int] = {"reconnects": 0, "errors": 0, "queued_dropped": 0, "unconfirmed": 0}
         self._rooms: set[str] = set()
         self._link: _WorkerLink | None = None
         self._pending: deque[bytes] = deque()

@@ -37,7 +37,7 @@ from fastws.types import State
 __all__ = ["Rooms", "rooms_coroutine"]
 
 
-def _resume_answer(future: "asyncio.Future[int]") -> str | None:
+def _resume_answer(future: asyncio.Future[int]) -> str | None:
     """What ``resume`` answers once ``subscribe(since=...)`` is done
     (None: cancelled, the client left meanwhile)."""
     if future.cancelled():
@@ -73,7 +73,7 @@ class Rooms(Handler):
                 ws.send(f"error {exc}")
                 return
 
-            def answer(future: "asyncio.Future[int]") -> None:
+            def answer(future: asyncio.Future[int]) -> None:
                 reply = _resume_answer(future)
                 if reply is not None and ws.state is State.OPEN:
                     ws.send(reply)

@@ -775,11 +775,11 @@ async def test_room_metrics(handler: Any) -> None:
         figures = server.stats()["rooms"]
         assert set(figures) == {
             "published", "received", "delivered", "dropped", "closed_slow", "reconnects", "errors", "queued_dropped",
-            "rooms", "members",
+            "unconfirmed", "rooms", "members",
         }  # fmt: skip
         assert figures == {
             "published": 10, "received": 0, "delivered": 23, "dropped": 0, "closed_slow": 0, "reconnects": 0,
-            "errors": 0, "queued_dropped": 0, "rooms": 3, "members": 5,
+            "errors": 0, "queued_dropped": 0, "unconfirmed": 0, "rooms": 3, "members": 5,
         }  # fmt: skip
         for ws in [*room_members, other]:
             await ws.close()

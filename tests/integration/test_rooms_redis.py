@@ -16,6 +16,7 @@ Everything listens on 127.0.0.1 and every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import signal
 import socket
@@ -38,7 +39,11 @@ from .redis_fixtures import redis_cluster, redis_server, redis_server_aof
 from .redis_service import RedisCluster, RedisServer
 from .room_apps import Rooms, rooms_coroutine
 
-__all__ = ["redis_cluster", "redis_server", "redis_server_aof"]  # the fixtures, used by name
+__all__ = [
+    "redis_cluster",
+    "redis_server",
+    "redis_server_aof",
+]  # the fixtures, used by name
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,7 +54,7 @@ PREFIX = "fastws:"
 #: The first word of the answers room_apps sends; anything else is a room message.
 CONTROL = frozenset({"joined", "left", "resumed", "gap", "error", "rooms", "pong"})
 #: ``"<epoch>:<ms>-<seq> <message>"``: a room message with room_history.
-OFFSET = re.compile(r"^([0-9a-f]+):(\d+)-(\d+) (.*)$", re.S)
+OFFSET = re.compile(r"^([0-9a-f]+):(\d+)-(\d+) (.*)$", re.DOTALL)
 
 
 def channel(room: str) -> str:
@@ -79,7 +84,7 @@ class Client:
         self.task = asyncio.create_task(self._read())
 
     @classmethod
-    async def open(cls, url: str) -> "Client":
+    async def open(cls, url: str) -> Client:
         ws = await connect(
             url + "/",
             open_timeout=unit(5),
@@ -109,7 +114,7 @@ class Client:
     async def send(self, text: str) -> None:
         await self.ws.send(text)
 
-    async def wait_until(self, predicate: Callable[["Client"], Any], timeout: float = 5.0, what: str = "") -> None:
+    async def wait_until(self, predicate: Callable[[Client], Any], timeout: float = 5.0, what: str = "") -> None:
         deadline = time.monotonic() + unit(timeout)
         while True:
             self._new.clear()
@@ -123,12 +128,16 @@ class Client:
                 )
             try:
                 await asyncio.wait_for(self._new.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def answer(self, prefix: str, timeout: float = 5.0) -> str:
         """The next answer starting with ``prefix`` (consumed)."""
-        await self.wait_until(lambda c: any(a.startswith(prefix) for a in c.control), timeout, f"answer {prefix!r}")
+        await self.wait_until(
+            lambda c: any(a.startswith(prefix) for a in c.control),
+            timeout,
+            f"answer {prefix!r}",
+        )
         for i, a in enumerate(self.control):
             if a.startswith(prefix):
                 return self.control.pop(i)
@@ -213,7 +222,10 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis_py.Redis]:
 
 
 async def test_three_processes_every_member_gets_every_message_once_in_order(
-    redis_server: RedisServer, redis_client: redis_py.Redis, start_nodes: Any, clients: Any
+    redis_server: RedisServer,
+    redis_client: redis_py.Redis,
+    start_nodes: Any,
+    clients: Any,
 ) -> None:
     url = redis_server.url
     # Two callback-level nodes and one coroutine-level node.
@@ -232,9 +244,7 @@ async def test_three_processes_every_member_gets_every_message_once_in_order(
 
     started = time.monotonic()
     await asyncio.gather(*(publish(i) for i in range(3)))
-    await asyncio.gather(
-        *(m.wait_until(lambda c: len(c.data) >= total, 60, f"{total} messages") for m in members)
-    )
+    await asyncio.gather(*(m.wait_until(lambda c: len(c.data) >= total, 60, f"{total} messages") for m in members))
     elapsed = time.monotonic() - started
     await asyncio.sleep(0.3)  # room for a duplicate to show up
 
@@ -258,7 +268,10 @@ async def test_three_processes_every_member_gets_every_message_once_in_order(
 
 
 async def test_numsub_counts_the_nodes_with_members(
-    redis_server: RedisServer, redis_client: redis_py.Redis, start_nodes: Any, clients: Any
+    redis_server: RedisServer,
+    redis_client: redis_py.Redis,
+    start_nodes: Any,
+    clients: Any,
 ) -> None:
     url = redis_server.url
     nodes = await start_nodes(*(node_argv(ROOMS, url) for _ in range(3)))
@@ -300,9 +313,14 @@ async def test_numsub_counts_the_nodes_with_members(
 # -- c. Redis killed and restarted, no history --------------------------------------------------
 
 
-async def test_publishing_resumes_after_redis_is_killed_and_restarted(redis_server_aof: RedisServer, clients: Any) -> None:
+async def test_publishing_resumes_after_redis_is_killed_and_restarted(
+    redis_server_aof: RedisServer, clients: Any
+) -> None:
     redis = redis_server_aof
-    async with serving(Rooms, broker=redis.url) as (a, url_a), serving(Rooms, broker=redis.url) as (b, url_b):
+    async with (
+        serving(Rooms, broker=redis.url) as (a, url_a),
+        serving(Rooms, broker=redis.url) as (b, url_b),
+    ):
         on_a = await clients(url_a)
         on_b = await clients(url_b)
         await on_a.join("r")
@@ -340,8 +358,10 @@ async def test_publishing_resumes_after_redis_is_killed_and_restarted(redis_serv
             await publisher
         first_arrival = next(t for t in on_b.times if t > restarted) - restarted
         first_new = next(t for m, t in zip(on_b.data, on_b.times) if published[int(m)] > restarted) - restarted
-        print(f"Redis down {restarted - killed:.2f} s; first cross-node delivery {first_arrival:.2f} s "
-              f"after restart, first message published after it {first_new:.2f} s")
+        print(
+            f"Redis down {restarted - killed:.2f} s; first cross-node delivery {first_arrival:.2f} s "
+            f"after restart, first message published after it {first_new:.2f} s"
+        )
         assert first_arrival < 5.0
         assert first_new < 5.0
 
@@ -378,7 +398,10 @@ async def test_with_history_nothing_is_lost_across_a_redis_crash(
 ) -> None:
     redis = redis_server_aof
     url = redis.url
-    nodes = await start_nodes(node_argv(ROOMS, url, "--room-history"), node_argv(ROOMS_COROUTINE, url, "--room-history"))
+    nodes = await start_nodes(
+        node_argv(ROOMS, url, "--room-history"),
+        node_argv(ROOMS_COROUTINE, url, "--room-history"),
+    )
     members = [await clients(nodes[i % 2].url) for i in range(4)]
     for member in members:
         await member.join("r")
@@ -401,7 +424,9 @@ async def test_with_history_nothing_is_lost_across_a_redis_crash(
 
     task = asyncio.create_task(publish())
     try:
-        await asyncio.gather(*(m.wait_until(lambda c: len(c.data) >= 30, 5, "messages before the kill") for m in members))
+        await asyncio.gather(
+            *(m.wait_until(lambda c: len(c.data) >= 30, 5, "messages before the kill") for m in members)
+        )
         await asyncio.to_thread(redis.kill)
         await asyncio.sleep(0.5)  # publishing on meanwhile: the nodes queue
         await asyncio.to_thread(redis.restart)
@@ -423,7 +448,7 @@ async def test_with_history_nothing_is_lost_across_a_redis_crash(
         epochs = {epoch for epoch, _, _ in parsed}
         assert len(epochs) == 1, epochs  # the epoch survived the crash (AOF)
         sids = [sid for _, sid, _ in parsed]
-        assert all(x < y for x, y in zip(sids, sids[1:])), f"member {n}: offsets not increasing"
+        assert all(x < y for x, y in itertools.pairwise(sids)), f"member {n}: offsets not increasing"
     # Every member saw the same offsets.
     assert len({tuple(m.data) for m in members}) == 1
 
@@ -431,9 +456,14 @@ async def test_with_history_nothing_is_lost_across_a_redis_crash(
 # -- e. resuming with an offset ------------------------------------------------------------------
 
 
-async def test_resume_gets_exactly_what_was_missed_and_gaps_are_reported(redis_server: RedisServer, clients: Any) -> None:
+async def test_resume_gets_exactly_what_was_missed_and_gaps_are_reported(
+    redis_server: RedisServer, clients: Any
+) -> None:
     options = {"broker": redis_server.url, "room_history": True}
-    async with serving(Rooms, **options) as (a, url_a), serving(rooms_coroutine, **options) as (b, url_b):
+    async with (
+        serving(Rooms, **options) as (a, url_a),
+        serving(rooms_coroutine, **options) as (b, url_b),
+    ):
         witness = await clients(url_a)  # stays in the room throughout
         first = await clients(url_a)
         await witness.join("r")
@@ -489,8 +519,15 @@ async def test_resume_after_trimming_is_a_gap(redis_server: RedisServer, clients
     approximate). After 100 messages nothing is trimmed yet and a resume
     replays everything; after 250 the early ones are gone and resuming from
     one of them must be a gap, not a silent skip to what is left."""
-    options = {"broker": redis_server.url, "room_history": True, "room_history_size": 10}
-    async with serving(Rooms, **options) as (a, url_a), serving(rooms_coroutine, **options) as (b, url_b):
+    options = {
+        "broker": redis_server.url,
+        "room_history": True,
+        "room_history_size": 10,
+    }
+    async with (
+        serving(Rooms, **options) as (a, url_a),
+        serving(rooms_coroutine, **options) as (_b, url_b),
+    ):
         watcher = await clients(url_b)
         await watcher.join("t")
         rc = redis_server.client()
@@ -554,9 +591,19 @@ def stalled_member(port: int) -> socket.socket:
 
 
 @pytest.mark.parametrize("policy", ["close", "drop"])
-async def test_a_stalled_member_does_not_hold_back_the_others(redis_server: RedisServer, clients: Any, policy: str) -> None:
-    slow_options = {"broker": redis_server.url, "room_max_buffer": 64 * 1024, "room_slow_policy": policy, "close_timeout": 1}
-    async with serving(Rooms, **slow_options) as (a, url_a), serving(Rooms, broker=redis_server.url) as (b, url_b):
+async def test_a_stalled_member_does_not_hold_back_the_others(
+    redis_server: RedisServer, clients: Any, policy: str
+) -> None:
+    slow_options = {
+        "broker": redis_server.url,
+        "room_max_buffer": 64 * 1024,
+        "room_slow_policy": policy,
+        "close_timeout": 1,
+    }
+    async with (
+        serving(Rooms, **slow_options) as (a, url_a),
+        serving(Rooms, broker=redis_server.url) as (b, url_b),
+    ):
         port_a = int(url_a.rsplit(":", 1)[1])
         sock = await asyncio.to_thread(stalled_member, port_a)
         try:
@@ -574,7 +621,8 @@ async def test_a_stalled_member_does_not_hold_back_the_others(redis_server: Redi
             for i in range(count):
                 a.publish("r", f"{i:08d}".ljust(size, "."))
                 if i % 32 == 31:
-                    await normal.wait_until(lambda c: len(c.data) >= i + 1 - 64, 10, f"message {i - 64}")
+                    behind = i + 1 - 64
+                    await normal.wait_until(lambda c, n=behind: len(c.data) >= n, 10, f"message {behind}")
             await normal.wait_until(lambda c: len(c.data) >= count, 10, f"{count} messages")
             assert [int(m[:8]) for m in normal.data] == list(range(count))
             assert all(len(m) == size for m in normal.data)
@@ -605,7 +653,10 @@ async def test_presence_lists_every_node_and_forgets_a_killed_one(
     ttl = 2.0
     options = {"broker": redis_server.url, "presence": True, "presence_ttl": ttl}
     (node,) = await start_nodes(node_argv(ROOMS, redis_server.url, "--presence", "--presence-ttl", str(ttl)))
-    async with serving(Rooms, **options) as (a, url_a), serving(Rooms, **options) as (c, _):
+    async with (
+        serving(Rooms, **options) as (a, url_a),
+        serving(Rooms, **options) as (c, _),
+    ):
         for name in ("alice", "bob"):
             await (await clients(url_a)).join("r", name)
         for name in ("carol", "dave"):
@@ -669,7 +720,9 @@ async def wait_shardnumsub(cluster: RedisCluster, rooms: dict[int, str], count: 
         deadline = time.monotonic() + unit(timeout)
         while True:
             seen = {
-                (room, port): dict(_pairs(client.execute_command("PUBSUB", "SHARDNUMSUB", channel(room))))[channel(room)]
+                (room, port): dict(_pairs(client.execute_command("PUBSUB", "SHARDNUMSUB", channel(room))))[
+                    channel(room)
+                ]
                 for room in rooms.values()
                 for port, client in masters.items()
             }
@@ -691,7 +744,10 @@ def _pairs(reply: list[Any]) -> list[tuple[str, int]]:
 async def test_cluster_rooms_on_every_master(redis_cluster: RedisCluster, clients: Any) -> None:
     rooms = rooms_per_master(redis_cluster, "c")
     assert len(set(rooms.values())) == 3
-    async with serving(Rooms, broker=redis_cluster.url) as (a, url_a), serving(Rooms, broker=redis_cluster.url) as (b, url_b):
+    async with (
+        serving(Rooms, broker=redis_cluster.url) as (a, url_a),
+        serving(Rooms, broker=redis_cluster.url) as (b, url_b),
+    ):
         members = [await clients(url_a), await clients(url_b)]
         for member in members:
             for room in rooms.values():
@@ -730,7 +786,10 @@ async def test_cluster_rooms_on_every_master(redis_cluster: RedisCluster, client
 async def test_cluster_with_history_messages_carry_offsets(redis_cluster: RedisCluster, clients: Any) -> None:
     rooms = rooms_per_master(redis_cluster, "h")
     options = {"broker": redis_cluster.url, "room_history": True}
-    async with serving(Rooms, **options) as (a, url_a), serving(Rooms, **options) as (b, url_b):
+    async with (
+        serving(Rooms, **options) as (a, url_a),
+        serving(Rooms, **options) as (_b, url_b),
+    ):
         members = [await clients(url_a), await clients(url_b)]
         for member in members:
             for room in rooms.values():
@@ -764,3 +823,103 @@ async def test_cluster_with_history_messages_carry_offsets(redis_cluster: RedisC
         await late.send(f"resume {room} {offset}")
         assert await late.answer("resumed") == "resumed 3"
         assert [split_offset(m)[2] for m in late.data] == [f"{room}:{seq}" for seq in range(2, 5)]
+
+
+# -- a publish whose reply is lost ----------------------------------------------------------------------
+
+
+class ReplyEater:
+    """A TCP proxy to Redis on 127.0.0.1 that can swallow Redis' replies: a
+    network that loses the answers to commands Redis did execute (what a
+    crash between executing and answering looks like, made deterministic)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.swallow = False
+        self.port = 0
+        self._links: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> ReplyEater:
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._links.append((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if replies and self.swallow:
+                        continue
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    def cut(self) -> None:
+        """Drop every proxied connection (both sides)."""
+        for writer, up_writer in self._links:
+            writer.transport.abort()
+            up_writer.transport.abort()
+        self._links.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.mark.parametrize("history", [False, True], ids=["plain", "history"])
+async def test_a_publish_whose_reply_is_lost_is_not_delivered_twice(
+    redis_server: RedisServer, clients: Any, history: bool
+) -> None:
+    """Node A reaches Redis through a proxy that loses Redis' answer to a
+    publish Redis did carry out, then drops the connection. The message has
+    reached the room's members; publishing it again after the reconnect
+    delivers it twice (at most once without history; exactly once with it)."""
+    proxy = await ReplyEater(redis_server.port).start()
+    try:
+        options: dict[str, Any] = {"room_history": history}
+        async with (
+            serving(Rooms, broker=proxy.url, **options) as (a, _),
+            serving(Rooms, broker=redis_server.url, **options) as (_b, url_b),
+        ):
+            member = await clients(url_b)
+            await member.join("r")
+            rc = redis_server.client()
+            try:
+                await wait_numsub(rc, "r", 1)
+            finally:
+                rc.close()
+
+            def texts(c: Client) -> list[str]:
+                return [split_offset(m)[2] if history else m for m in c.data]
+
+            a.publish("r", "m0")
+            await member.wait_until(lambda c: texts(c) == ["m0"], 5, "m0")
+            proxy.swallow = True
+            a.publish("r", "m1")
+            # Redis carried it out: the member on node B has it.
+            await member.wait_until(lambda c: texts(c) == ["m0", "m1"], 5, "m1")
+            await asyncio.sleep(0.1)
+            proxy.cut()  # node A never got the answer; its connection drops
+            proxy.swallow = False
+            a.publish("r", "m2")
+            await member.wait_until(lambda c: "m2" in texts(c), 10, "m2 after A reconnected")
+            await asyncio.sleep(0.3)
+            assert texts(member) == ["m0", "m1", "m2"], f"{member.data} (node A: {a.stats()['rooms']})"
+    finally:
+        await proxy.close()
