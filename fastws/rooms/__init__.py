@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .broker import Broker, MemoryBroker
-from .hub import Hub, parse_offset
+from .broker import MemoryBroker
+from .hub import Broker, Hub, parse_offset
 
 if TYPE_CHECKING:
     from ..config import Config

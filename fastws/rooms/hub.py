@@ -1,4 +1,5 @@
-"""The hub: one server's rooms, its members, and the fan-out.
+"""The hub: one server's rooms, its members, and the fan-out; and what a
+broker is to it (``Broker``) with the wire format between nodes.
 
 A room is a name; a member is an open connection (the core
 ``Connection`` of either API level). The hub keeps, per room, the set of
@@ -23,21 +24,82 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..codec import frame as _frame
 from ..codec.compression import deflate_message
 from ..exceptions import HistoryGap
 from ..types import CloseCode, State
-from .broker import FLAG_OFFSET, FLAG_TEXT, NODE_ID_SIZE, Broker
 
 if TYPE_CHECKING:
     from ..config import Config
     from ..connection import Connection
 
-__all__ = ["Hub", "parse_offset"]
+__all__ = ["Broker", "FLAG_OFFSET", "FLAG_TEXT", "Hub", "NODE_ID_SIZE", "parse_offset"]
 
 logger = logging.getLogger("fastws.rooms")
+
+# A broker carries messages between nodes (worker processes, machines). The
+# hub calls it with room names; the broker names channels, keeps its
+# connection up, and hands what arrives back to ``hub.receive``. Every
+# method the hub calls is synchronous and never raises for a broker that is
+# down: the broker queues (bounded), reconnects in the background, logs and
+# counts. A message between nodes is ``node id (8 bytes) + flags (1 byte) +
+# payload``; with FLAG_OFFSET a length byte and the ASCII offset come before
+# the payload (history mode: the offset Redis gave the message).
+
+#: The message is text (else binary).
+FLAG_TEXT = 1
+#: A length byte and an ASCII offset follow the flags (history mode).
+FLAG_OFFSET = 2
+#: Bytes of the node id that starts every message.
+NODE_ID_SIZE = 8
+
+
+class Broker(Protocol):
+    """A rooms backend, as the hub uses it."""
+
+    #: True: the hub delivers a publish to its own members at once, and the
+    #: broker carries it to the other nodes (which skip their own). False:
+    #: every delivery comes back through the broker (history mode, where
+    #: the broker gives each message its offset).
+    local_first: bool
+    #: False for the memory broker: nothing to carry to other nodes.
+    remote: bool
+    #: Counters shown in metrics: ``reconnects``, ``errors``,
+    #: ``queued_dropped`` (messages dropped while unreachable),
+    #: ``unconfirmed`` (publishes lost with the connection, unconfirmed).
+    counters: dict[str, int]
+
+    def start(self, hub: "Hub") -> Awaitable[None]:
+        """Connect (briefly; a broker that is down is retried in the background)."""
+
+    def subscribe(self, room: str) -> None:
+        """Receive the room's messages from other nodes (first local member)."""
+
+    def unsubscribe(self, room: str) -> None:
+        """Stop receiving them (last local member left)."""
+
+    def publish(self, room: str, message: bytes) -> None:
+        """Carry a message (node id + flags + payload) to the room's nodes."""
+
+    def history(self, room: str, since: str) -> Awaitable[list[tuple[str, bytes]]]:
+        """The room's messages after ``since``, as ``(offset, flags + payload)``;
+        raises :class:`~fastws.exceptions.HistoryGap` when they are not all kept."""
+
+    def join(self, room: str, member: str) -> None:
+        """Presence: list ``member`` in the room (presence on)."""
+
+    def leave(self, room: str, member: str) -> None:
+        """Presence: remove ``member`` from the room."""
+
+    def presence(self, room: str) -> Awaitable[list[str]]:
+        """Presence: the room's members on every node."""
+
+    def close(self) -> Awaitable[None]:
+        """Stop: unsubscribe, close the connections, end the tasks."""
+
 
 OP_TEXT = 1
 OP_BINARY = 2

@@ -44,8 +44,8 @@ from redis.exceptions import RedisError
 from redis.asyncio.retry import Retry
 
 from ..exceptions import HistoryGap
-from .broker import FLAG_OFFSET, NODE_ID_SIZE, backoff, quiet_task
-from .hub import parse_offset
+from .broker import backoff, quiet_task
+from .hub import FLAG_OFFSET, NODE_ID_SIZE, parse_offset
 
 if TYPE_CHECKING:
     from ..config import Config

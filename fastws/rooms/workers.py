@@ -22,7 +22,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
-from .broker import backoff, quiet_task
+from .broker import MemoryBroker, backoff, quiet_task
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -194,16 +194,15 @@ class _WorkerLink(_Framed):
                 hub.receive(body[2 : 2 + n].decode(), body[2 + n :])
 
 
-class WorkersBroker:
-    """A worker's side of the relay; see the module."""
+class WorkersBroker(MemoryBroker):
+    """A worker's side of the relay; see the module. History and presence
+    are the memory broker's (this process only)."""
 
-    local_first = True
     remote = True
 
     def __init__(self, path: str, config: "Config") -> None:
+        super().__init__()
         self.path = path
-        self.hub: "Hub | None" = None
-        self.counters: dict[str, int] = {"reconnects": 0, "errors": 0, "queued_dropped": 0, "unconfirmed": 0}
         self._rooms: set[str] = set()
         self._link: _WorkerLink | None = None
         self._pending: deque[bytes] = deque()
@@ -286,21 +285,6 @@ class WorkersBroker:
             while len(self._pending) > self._queue_limit:
                 self._pending.popleft()
                 self.counters["queued_dropped"] += 1
-
-    async def history(self, room: str, since: str) -> list[tuple[str, bytes]]:
-        raise ValueError("room history needs a Redis broker")
-
-    def join(self, room: str, member: str) -> None:
-        pass
-
-    def leave(self, room: str, member: str) -> None:
-        pass
-
-    async def presence(self, room: str) -> list[str]:
-        # Each worker knows its own members only: presence across workers
-        # needs the Redis broker (docs/scaling.md).
-        assert self.hub is not None
-        return self.hub.local_presence(room)
 
     async def close(self) -> None:
         if self._task is not None:

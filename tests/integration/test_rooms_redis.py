@@ -211,6 +211,15 @@ async def wait_numsub(client: Any, room: str, count: int, timeout: float = 5.0) 
         await asyncio.sleep(0.02)
 
 
+async def numsub_reaches(server: Any, room: str, count: int, timeout: float = 5.0) -> None:
+    """``wait_numsub`` on a client of ``server`` (a RedisServer) made for it."""
+    client = server.client()
+    try:
+        await wait_numsub(client, room, count, timeout)
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def redis_client(redis_server: RedisServer) -> Iterator[redis_py.Redis]:
     client = redis_server.client()
@@ -325,11 +334,7 @@ async def test_publishing_resumes_after_redis_is_killed_and_restarted(
         on_b = await clients(url_b)
         await on_a.join("r")
         await on_b.join("r")
-        rc = redis.client()
-        try:
-            await wait_numsub(rc, "r", 2)
-        finally:
-            rc.close()
+        await numsub_reaches(redis, "r", 2)
 
         published: list[float] = []  # publish time of message n
         stop = asyncio.Event()
@@ -383,11 +388,7 @@ async def test_publishing_resumes_after_redis_is_killed_and_restarted(
             await asyncio.sleep(0.02)
         print(f"node A resubscribed {time.monotonic() - restarted:.2f} s after the restart")
         assert a.stats()["rooms"]["errors"] >= 1, a.stats()["rooms"]
-        rc = redis.client()
-        try:
-            await wait_numsub(rc, "r", 2)
-        finally:
-            rc.close()
+        await numsub_reaches(redis, "r", 2)
 
 
 # -- d. Redis killed and restarted, with history: nothing lost -------------------------------------
@@ -405,11 +406,7 @@ async def test_with_history_nothing_is_lost_across_a_redis_crash(
     members = [await clients(nodes[i % 2].url) for i in range(4)]
     for member in members:
         await member.join("r")
-    rc = redis.client()
-    try:
-        await wait_numsub(rc, "r", 2)
-    finally:
-        rc.close()
+    await numsub_reaches(redis, "r", 2)
     publisher = await clients(nodes[0].url)
 
     sent = 0
@@ -468,11 +465,7 @@ async def test_resume_gets_exactly_what_was_missed_and_gaps_are_reported(
         first = await clients(url_a)
         await witness.join("r")
         await first.join("r")
-        rc = redis_server.client()
-        try:
-            await wait_numsub(rc, "r", 1)
-        finally:
-            rc.close()
+        await numsub_reaches(redis_server, "r", 1)
 
         for i in range(10):
             a.publish("r", f"m{i}")
@@ -609,11 +602,7 @@ async def test_a_stalled_member_does_not_hold_back_the_others(
         try:
             normal = await clients(url_b)
             await normal.join("r")
-            rc = redis_server.client()
-            try:
-                await wait_numsub(rc, "r", 2)
-            finally:
-                rc.close()
+            await numsub_reaches(redis_server, "r", 2)
             # ~4 MiB in 1024 messages of 4 KiB, published on the stalled
             # member's node, paced by the normal member (which is on the
             # other node: everything it gets came through Redis).
@@ -899,11 +888,7 @@ async def test_a_publish_whose_reply_is_lost_is_not_delivered_twice(
         ):
             member = await clients(url_b)
             await member.join("r")
-            rc = redis_server.client()
-            try:
-                await wait_numsub(rc, "r", 1)
-            finally:
-                rc.close()
+            await numsub_reaches(redis_server, "r", 1)
 
             def texts(c: Client) -> list[str]:
                 return [split_offset(m)[2] if history else m for m in c.data]
