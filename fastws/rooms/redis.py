@@ -196,6 +196,8 @@ class _Shard:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.lost = False  # the subscription dropped since it was last up
+        #: Live messages held while a reconnect reads the missed history.
+        self.held: list[tuple[bytes, bytes]] | None = None
         self.script_loaded = False  # history: the publish script is loaded there
 
     def start(self) -> None:
@@ -256,7 +258,12 @@ class _Shard:
                 await self.wake.wait()
                 continue
             try:
-                link = await self._connect(broker.on_message, False)
+                # After a loss with history on, live messages wait until
+                # what was missed is read from the streams (which reads
+                # from the last offset delivered: a live message handled
+                # first would move it past the gap).
+                self.held = [] if self.lost and broker.keeps_history else None
+                link = await self._connect(self._on_message, False)
             except asyncio.CancelledError:
                 raise
             except (*_DOWN, ConnectionError) as exc:
@@ -277,10 +284,7 @@ class _Shard:
                 self.lost = False
                 broker.counters["reconnects"] += 1
                 logger.warning("rooms: Redis %s is back; resubscribed %d channels", self.name, len(self.channels))
-                try:
-                    await broker.fill_gaps(self)
-                except _DOWN as exc:
-                    logger.warning("rooms: reading the missed history from %s failed: %s", self.name, exc)
+                await self._fill_gaps(link)
             attempt = 0
             try:
                 await link.lost
@@ -293,6 +297,34 @@ class _Shard:
             broker.counters["errors"] += 1
             attempt += 1
             await asyncio.sleep(backoff(attempt))
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        held = self.held
+        if held is None:
+            self.broker.on_message(channel, data)
+        else:
+            held.append((channel, data))
+
+    async def _fill_gaps(self, link: _Link) -> None:
+        """Deliver what the rooms missed (history), then the live messages
+        held meanwhile (those already delivered are skipped by offset)."""
+        broker = self.broker
+        attempt = 0
+        while self.held is not None and not link.lost.done():
+            try:
+                await broker.fill_gaps(self)
+                break
+            except _DOWN as exc:
+                attempt += 1
+                broker.counters["errors"] += 1
+                if len(self.held) > broker.queue_limit:
+                    logger.error("rooms: could not read the missed history from %s (%s); members missed messages", self.name, exc)
+                    break
+                logger.warning("rooms: reading the missed history from %s failed (%s); retrying", self.name, exc)
+                await asyncio.sleep(backoff(attempt))
+        held, self.held = self.held or [], None
+        for channel, data in held:
+            broker.on_message(channel, data)
 
     async def close(self) -> None:
         if self.task is not None:
@@ -321,12 +353,12 @@ class RedisBroker:
         self.unsub_command = "sunsubscribe" if self.cluster else "unsubscribe"
         self._publish_command = "SPUBLISH" if self.cluster else "PUBLISH"
         self._prefix = config.broker_prefix
-        self._history = config.room_history
+        self.keeps_history = config.room_history
         self._history_size = config.room_history_size
         self._history_ttl = max(1, int(config.room_history_ttl))
         self._presence = config.presence
         self._presence_ttl = config.presence_ttl
-        self._queue_limit = config.broker_queue
+        self.queue_limit = config.broker_queue
         self._hub: "Hub | None" = None
         self._shards: list[_Shard] = []
         self._slots: list[_Shard] = []  # cluster: the shard of each of the 16384 slots
@@ -378,7 +410,7 @@ class RedisBroker:
             self._refresh = self.spawn(self._refresh_presence())
         logger.info(
             "rooms: broker %s (%d shard%s%s%s)", self.url, len(self._shards), "" if len(self._shards) == 1 else "s",
-            ", history" if self._history else "", ", presence" if self._presence else "",
+            ", history" if self.keeps_history else "", ", presence" if self._presence else "",
         )  # fmt: skip
 
     async def _map_cluster(self, host: str, port: int, options: dict[str, Any]) -> None:
@@ -454,7 +486,7 @@ class RedisBroker:
         room = self._rooms.get(channel)
         if room is None or self._hub is None:
             return  # unsubscribed meanwhile
-        if self._history and len(data) > NODE_ID_SIZE + 1 and data[NODE_ID_SIZE] & FLAG_OFFSET:
+        if self.keeps_history and len(data) > NODE_ID_SIZE + 1 and data[NODE_ID_SIZE] & FLAG_OFFSET:
             n = data[NODE_ID_SIZE + 1]
             start = NODE_ID_SIZE + 2
             sid = parse_offset(data[start : start + n].decode("ascii"))[1]
@@ -467,7 +499,7 @@ class RedisBroker:
     # -- publishing ---------------------------------------------------------------
 
     def publish(self, room: str, message: bytes) -> None:
-        if len(self._pending) >= self._queue_limit:
+        if len(self._pending) >= self.queue_limit:
             self._pending.popleft()
             self.counters["queued_dropped"] += 1
             if self.counters["queued_dropped"] == 1 or self.counters["queued_dropped"] % 1_000 == 0:
@@ -493,7 +525,7 @@ class RedisBroker:
             if again:
                 # Back in front of what was published meanwhile: order kept.
                 self._pending.extendleft(reversed(again))
-                while len(self._pending) > self._queue_limit:
+                while len(self._pending) > self.queue_limit:
                     self._pending.popleft()
                     self.counters["queued_dropped"] += 1
                 attempt += 1
@@ -505,7 +537,7 @@ class RedisBroker:
         """Publish on one shard in one write; what must be sent again."""
         try:
             link = await shard.publisher()
-            if self._history and not shard.script_loaded:
+            if self.keeps_history and not shard.script_loaded:
                 (reply,) = await link.call([("SCRIPT", "LOAD", _PUBLISH_WITH_HISTORY)])
                 if isinstance(reply, hiredis.ReplyError):
                     raise ConnectionError(f"SCRIPT LOAD: {reply}")
@@ -516,7 +548,7 @@ class RedisBroker:
             logger.debug("rooms: cannot publish on %s yet: %s", shard.name, exc)
             return items
         commands: list[tuple[Any, ...]]
-        if self._history:
+        if self.keeps_history:
             epoch = os.urandom(4).hex()
             commands = [
                 ("EVALSHA", _SCRIPT_SHA, 3, self._key(room, "log"), self._key(room, "epoch"), self._key(room, "seq"),
@@ -530,7 +562,7 @@ class RedisBroker:
             replies = await link.call(commands)
         except (*_DOWN, ConnectionError) as exc:
             self.counters["errors"] += 1
-            if self._history:
+            if self.keeps_history:
                 # Sent, maybe run: the script skips what it already ran.
                 return items
             # Sent and maybe delivered: sending again could deliver twice,
@@ -553,7 +585,7 @@ class RedisBroker:
     # -- history ----------------------------------------------------------------------
 
     async def history(self, room: str, since: str) -> list[tuple[str, bytes]]:
-        if not self._history:
+        if not self.keeps_history:
             raise ValueError("room history is off (room_history=False)")
         epoch, sid = parse_offset(since)
         client = self._shard(self.channel(room)).client
@@ -584,7 +616,7 @@ class RedisBroker:
 
     async def fill_gaps(self, shard: _Shard) -> None:
         """After a reconnect: deliver what the shard's rooms missed (history)."""
-        if not self._history or self._hub is None:
+        if not self.keeps_history or self._hub is None:
             return
         for channel in list(shard.channels):
             room = self._rooms.get(channel)
