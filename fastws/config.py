@@ -314,6 +314,29 @@ class Config:
     #: (a dead node's members expire after this).
     presence_ttl: float = option(15.0, "--presence-ttl", help="seconds a dead node's members stay listed", kind="seconds")
 
+    # -- the HTTP fallback (SSE + POST, long-polling), docs/fallback.md --
+    #: Also serve clients that cannot upgrade (proxies that strip
+    #: ``Upgrade``) over HTTP: Server-Sent Events down and POST up, or
+    #: long-polling, under ``/_fastws/``; ``fastws.js`` picks the transport.
+    fallback: bool = option(False, "--fallback", help="serve HTTP fallback transports (SSE + POST, long-polling) for fastws.js", kind="flag")
+    #: A fallback session with no request in progress for this long is
+    #: closed (the handler sees 1006).
+    fallback_timeout: float = option(
+        10.0, "--fallback-timeout", help="close a fallback session with no request for this long", kind="seconds"
+    )
+    #: Bytes of messages a fallback session holds that the client has not
+    #: acknowledged; above half of it the session is not writable, past it
+    #: the session is closed with 1013.
+    fallback_max_outbox: int = option(
+        2**20, "--fallback-max-outbox", help="unacknowledged bytes a fallback session holds before closing with 1013", kind="size"
+    )
+    #: The same bound in messages.
+    fallback_max_outbox_messages: int = option(
+        1_000, "--fallback-max-outbox-messages", help="unacknowledged messages a fallback session holds", kind="int"
+    )
+    #: Largest POST body of the fallback (413 above).
+    fallback_max_body: int = option(2**20, "--fallback-max-body", help="largest fallback POST body (413 above)", kind="size")
+
     def __post_init__(self) -> None:
         if self.origins is not None:
             if isinstance(self.origins, (str, re.Pattern)):
@@ -378,6 +401,11 @@ class Config:
         for name in ("room_history_ttl", "presence_ttl"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds")
+        for name in ("fallback_max_outbox", "fallback_max_outbox_messages", "fallback_max_body"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.fallback_timeout <= 0:
+            raise ValueError("fallback_timeout must be a positive number of seconds")
         if self.room_history and not broker.startswith(("redis://", "rediss://", "redis+cluster://")):
             raise ValueError("room_history keeps messages in Redis: it needs a redis:// or redis+cluster:// broker")
 

@@ -28,6 +28,7 @@ from .config import DEFAULTS, Config, options
 from .connection import Connection
 from .faces.asyncio import coroutine_face
 from .faces.callback import callback_face
+from .faces.fallback import PREFIX as FALLBACK_PREFIX, Fallback, script as fallback_script
 from . import dashboard, metrics
 from .metrics import WorkerShare
 from .protocol import Stats
@@ -144,15 +145,17 @@ class ServerState:
         #: True once the server stops accepting (readyz answers 503).
         self.draining = False
         self.share = None if worker_share is None or self.stats is None else WorkerShare(*worker_share)
-        self.routes = self._routes()
-        # None when off: the connection then skips the call.
-        self.admit: Callable[[Connection, Request], Response | None] | None = (
-            self._admit if self._limited or self._trusted is not None or self.routes else None
-        )
         #: The server's rooms (ws.subscribe / publish), on the broker
         #: ``config.broker`` names (``rooms_relay``: the supervisor's relay
         #: of ``--workers N --broker workers``).
         self.hub = Hub(self, config, open_broker(config, rooms_relay))
+        #: The HTTP fallback's sessions (--fallback), or None.
+        self.fallback: Fallback | None = Fallback(self, self.hub.node) if config.fallback else None
+        self.routes = self._routes()
+        # None when off: the connection then skips the call.
+        self.admit: Callable[[Connection, Request], Response | None] | None = (
+            self._admit if self._limited or self._trusted is not None or self.routes or self.fallback else None
+        )
         self.release: Callable[[Connection], None] | None = self._release
         self.corked: list[Connection] | None = None
 
@@ -168,6 +171,7 @@ class ServerState:
             routes["/metrics"] = self._metrics
         if config.dashboard:
             routes.update(dashboard.routes(self))
+        routes["/fastws.js"] = _fastws_js
         return routes
 
     def _readyz(self, conn: Connection, request: Request) -> Response:
@@ -258,6 +262,8 @@ class ServerState:
         limits (503, 429)."""
         if self._trusted is not None:
             self._find_client(conn, request, self._trusted)
+        if self.fallback is not None and request.path.startswith(FALLBACK_PREFIX):
+            return self.fallback.take(conn, request)
         if self.routes:
             answer = self._route(conn, request)
             if answer is not None:
@@ -318,6 +324,13 @@ class ServerState:
         """Keep a reference to a background task until it ends."""
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+
+def _fastws_js(conn: Connection, request: Request) -> Response:
+    """``/fastws.js``: the browser client (docs/fallback.md)."""
+    response = make_response(200, fallback_script(), content_type="text/javascript; charset=utf-8")
+    response.headers["Cache-Control"] = "no-cache"
+    return response
 
 
 class _MetricsPort:

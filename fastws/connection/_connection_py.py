@@ -415,6 +415,28 @@ class Connection:
         """The rooms this connection is in."""
         return self._ctx.hub.rooms_of(self)  # type: ignore[no-any-return]
 
+    @property
+    def transport_name(self) -> str:
+        """How this client is connected: ``"websocket"``, or the fallback
+        transport (``"sse"``, ``"polling"``) of an HTTP session."""
+        t = self._transport
+        name = None if t is None else t.get_extra_info("fastws_transport")
+        return "websocket" if name is None else str(name)
+
+    def hand_over(self, protocol: asyncio.BaseProtocol) -> bytes:
+        """Give the TCP connection to another protocol after the request
+        head (an HTTP face such as the fallback transports): this
+        connection ends there, no WebSocket opens, and ``protocol`` gets
+        ``connection_made``. Returns the bytes read behind the head (the
+        start of a body); what arrives later goes to ``protocol``."""
+        transport = self._transport
+        rest = self._proto.hand_over()
+        self.connection_lost(None)  # bookkeeping: it never opened, so no on_close
+        self._transport = None  # type: ignore[assignment]
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        return rest
+
     def respond(self, status: int, text: str) -> Response:
         """Build a plain-text HTTP response (for ``process_request``)."""
         return make_response(status, text)
@@ -544,6 +566,8 @@ class Connection:
             except Exception:
                 self._hook_failed("admit")
                 return
+            if self._transport is None:
+                return  # handed over to another face (hand_over)
             # Log lines name the real client from here on.
             proto.peer = self.remote_address
             if refusal is not None:

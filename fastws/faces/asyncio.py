@@ -157,6 +157,12 @@ class ServerConnection:
         """The rooms this connection is in."""
         return self._conn.rooms
 
+    @property
+    def transport_name(self) -> str:
+        """``"websocket"``, or ``"sse"`` / ``"polling"`` for a client of the
+        HTTP fallback (docs/fallback.md)."""
+        return self._conn.transport_name
+
     def __repr__(self) -> str:
         return f"<fastws.ServerConnection {self._conn!r}>"
 

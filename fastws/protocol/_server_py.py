@@ -260,7 +260,7 @@ class ServerProtocol:
         if not self._hs_done:
             return None
         self._parser = None
-        self._rest = rest
+        self._rest += rest  # after any body bytes on_body kept
         request = Request(
             self._url.decode("latin-1"),
             Headers._from_wire(self._headers),
@@ -280,6 +280,23 @@ class ServerProtocol:
 
     def on_headers_complete(self) -> None:
         self._hs_done = True
+
+    def on_body(self, body: bytes) -> None:
+        # A plain HTTP request's body (an upgrade has none): kept for
+        # hand_over, and not counted against max_header_size.
+        self._rest += body
+        self._hs_size -= len(body)
+
+    def hand_over(self) -> bytes:
+        """The connection leaves the WebSocket protocol after a request head
+        (another HTTP face takes it): the state is CLOSED, nothing more is
+        sent; returns the bytes read behind the head (the start of a body)."""
+        rest = self._rest
+        self._rest = b""
+        self._parser = None
+        self.state = CLOSED
+        self.deadline = 0.0
+        return rest
 
     def accept(self, request: Request, select_subprotocol: SelectSubprotocol | None = None) -> Response | None:
         """Decide on ``request``: None to accept it, else the refusal.
