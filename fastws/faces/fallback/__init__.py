@@ -309,6 +309,8 @@ class _Exchange(asyncio.Protocol):
         previous = session.stream
         session.stream = self
         self.session = session
+        # A client may switch (SSE that a proxy buffers, then polling).
+        session.use("polling" if self.name == "poll" else "sse")
         if previous is not None:
             previous.end()  # one stream per session: the newer wins
         loop = asyncio.get_running_loop()

@@ -81,6 +81,8 @@ class Session:
         self.close_event: dict[str, Any] | None = None
         self._high = config.fallback_max_outbox // 2
         self._low = config.fallback_max_outbox // 4
+        self._high_count = config.fallback_max_outbox_messages // 2
+        self._low_count = config.fallback_max_outbox_messages // 4
         self._write_paused = False
         self._closing = False
         self._lost = False
@@ -94,6 +96,11 @@ class Session:
         self._flush_scheduled = False
         self.last_activity = self._loop.time()
         self._idle = self._loop.call_later(config.fallback_timeout, self._check_idle)
+
+    def use(self, transport_name: str) -> None:
+        """The client now uses this transport (``ws.transport_name``)."""
+        self.transport_name = transport_name
+        self._extra["fastws_transport"] = transport_name
 
     # -- asyncio.Transport, as the connection uses it ----------------------
 
@@ -153,14 +160,18 @@ class Session:
                     # The client's answer to the server's close frame.
                     self._loop.call_soon(self._feed, _frame.encode_frame(OP_CLOSE, payload[:2], mask=self._mask))
                 self._schedule_flush()
-        if self.outbox_bytes > self.config.fallback_max_outbox or len(self.outbox) > self.config.fallback_max_outbox_messages:
+        if self.outbox_bytes > self.config.fallback_max_outbox:
+            # Only a sender that ignores flow control gets here (the callback
+            # level's send does not wait): the client is not keeping up.
             if self.conn is not None and self.close_event is None:
                 logger.warning(
                     "session %s: %d messages / %d bytes not acknowledged; closing with 1013",
                     self.id, len(self.outbox), self.outbox_bytes,
                 )  # fmt: skip
                 self._loop.call_soon(self.conn.close, CloseCode.TRY_AGAIN_LATER, "fallback outbox full")
-        elif not self._write_paused and self.outbox_bytes > self._high and self.conn is not None:
+        elif not self._write_paused and self.conn is not None and (
+            self.outbox_bytes > self._high or len(self.outbox) > self._high_count
+        ):
             self._write_paused = True
             self.conn.pause_writing()
 
@@ -245,7 +256,7 @@ class Session:
         while outbox and outbox[0][0] <= last:
             _, _, data = outbox.popleft()
             self.outbox_bytes -= len(data) + 16
-        if self._write_paused and self.outbox_bytes <= self._low and self.conn is not None:
+        if self._write_paused and self.outbox_bytes <= self._low and len(outbox) <= self._low_count and self.conn is not None:
             self._write_paused = False
             self.conn.resume_writing()
 
@@ -255,7 +266,7 @@ class Session:
         """Hand the client's messages numbered from ``first`` to the
         connection, each once; the highest number handed."""
         frames = []
-        seq = first - 1
+        seq = last = first - 1
         for item in messages:
             seq += 1
             if seq <= self.received:
@@ -265,13 +276,17 @@ class Session:
                 frames.append(_frame.encode_frame(OP_TEXT, data.encode("utf-8"), mask=self._mask))
             else:
                 frames.append(_frame.encode_frame(OP_BINARY, base64.b64decode(data, validate=True), mask=self._mask))
-            self.received = seq
+            last = seq
         if frames:
             while self._reading_paused and not self._lost:
-                # The handler is behind: this POST waits (and with it the client).
+                # The handler is behind: this POST waits (and with it the
+                # client). If the POST is dropped meanwhile, nothing of it
+                # counts as received: the client sends it again.
                 self._resumed = self._loop.create_future()
                 await self._resumed
-            self._feed(b"".join(frames))
+            if last > self.received:
+                self.received = last
+                self._feed(b"".join(frames))
         return self.received
 
     def client_close(self, code: int, reason: str) -> None:
