@@ -192,9 +192,9 @@ async def test_chromium_trusting_the_test_ca_uses_the_demo_over_wss(
         assert details.get("protocol") in ("TLS 1.2", "TLS 1.3"), details
 
         # The page picked wss:// because it was loaded over https://.
-        await page.wait_for_function("document.getElementById('status').textContent === 'open'")
-        assert await page.evaluate("() => [location.protocol, ws.url]") == ["https:", f"wss://127.0.0.1:{port}/echo"]
-        assert sockets == [f"wss://127.0.0.1:{port}/echo"]
+        await page.wait_for_function("document.getElementById('transport').textContent === 'websocket'")
+        assert await page.evaluate("() => location.protocol") == "https:"
+        assert sockets == [f"wss://127.0.0.1:{port}/demo"]
 
         await type_and_see_echo(page, "h\u00e9llo \u00fcber TLS \u2603 \u65e5\u672c")
 
@@ -215,7 +215,7 @@ async def test_chromium_trusting_the_test_ca_uses_the_demo_over_wss(
             assert seen["opened"] and seen["code"] == 4000 and seen["text"] == NON_ASCII, seen
         assert errors == []
 
-    for path in ('"GET /" 200', '"GET /echo" 101', '"GET /raw-127.0.0.1" 101', '"GET /raw-localhost" 101',
+    for path in ('"GET /" 200', '"GET /demo" 101', '"GET /raw-127.0.0.1" 101', '"GET /raw-localhost" 101',
                  '"GET /from-http" 101'):  # fmt: skip
         await eventually(lambda path=path: path in wss_server.output, what=f"{path} in the access log")
 

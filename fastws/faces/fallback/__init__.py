@@ -296,7 +296,8 @@ class _Exchange(asyncio.Protocol):
             server = self.fallback.config.server_header
             if server and "Server" not in response.headers:
                 response.headers["Server"] = server
-            response.headers["Connection"] = "close"
+            if response.headers.get("Connection") != "close":
+                response.headers["Connection"] = "close"
             data = response.serialize()
         else:
             data = response
