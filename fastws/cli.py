@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run a WebSocket handler",
         description="Run a handler given as module:attribute (an async function handler(ws), "
-        "or a handler class with on_message). Without a target, run the bundled echo demo.",
+        "or a handler class with on_message). Without a target, run the bundled demo (echo, a chat room, "
+        "and the HTTP fallback on, so its page can try every transport).",
     )
     s.add_argument("target", nargs="?", default=DEMO_TARGET, help=f"module:attribute (default: {DEMO_TARGET})")
     add_config_flags(s)
@@ -453,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _setup_logging(args.log_level, args.log_config)
         config = config_from_args(args)
+        if args.target == DEMO_TARGET and not config.fallback and "--no-fallback" not in (sys.argv[1:] if argv is None else argv):
+            # The demo page shows every transport (?transport=sse, polling).
+            config = config.replace(fallback=True)
         handler = load_target(args.target)
         try:
             tls_context(config)  # fail now, in one line, not in a worker
