@@ -196,6 +196,8 @@ class Session:
         self.forget()
 
     def _connection_lost(self) -> None:
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_result(None)  # an upload that waits is answered
         if not self._lost:
             self._lost = True
             if self.conn is not None:
