@@ -43,6 +43,10 @@ logger = logging.getLogger("fastws.fallback")
 
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 1, 2, 8, 9, 10
 
+#: Longest wait of a POST for a handler that does not read (then it is
+#: answered without taking its messages; the client sends them again).
+UPLOAD_HOLD = 1.0
+
 #: One message down: (sequence number, "t" or "b", text or base64).
 Message = tuple[int, str, str]
 
@@ -280,12 +284,22 @@ class Session:
                 frames.append(_frame.encode_frame(OP_BINARY, base64.b64decode(data, validate=True), mask=self._mask))
             last = seq
         if frames:
+            deadline = self._loop.time() + UPLOAD_HOLD
             while self._reading_paused and not self._lost:
-                # The handler is behind: this POST waits (and with it the
-                # client). If the POST is dropped meanwhile, nothing of it
-                # counts as received: the client sends it again.
+                # The handler (or the client's acks) is behind: this POST
+                # waits, and with it the client, but not for long: answered
+                # without taking the messages, the client sends them again
+                # with its latest ack, which may be what lets the handler
+                # go on. If the POST is dropped meanwhile, nothing of it
+                # counts as received either.
+                left = deadline - self._loop.time()
+                if left <= 0:
+                    return self.received
                 self._resumed = self._loop.create_future()
-                await self._resumed
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._resumed), left)
+                except asyncio.TimeoutError:
+                    return self.received
             if last > self.received:
                 self.received = last
                 self._feed(b"".join(frames))
