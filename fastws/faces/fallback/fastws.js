@@ -230,7 +230,7 @@ class FastWS extends EventTarget {
       timeout: 10000, maxBody: 2 ** 20, heartbeat: 15000,
       es: null, sseFailures: 0, onPageHide: null,
       last: 0, acked: 0, ackTimer: 0, // down: the last number delivered, the last acknowledged
-      nextSeq: 1, outbox: [], buffered: 0, pumping: null, forceAck: false, // up
+      nextSeq: 1, outbox: [], buffered: 0, pumping: null, forceAck: false, acking: null, // up
     });
   }
 
@@ -479,13 +479,33 @@ class FastWS extends EventTarget {
     life.last = seq;
     this.#fire("message", { data });
     // Acknowledge, so the server can forget what we have (its outbox is bounded).
-    if (life.last - life.acked >= ACK_EVERY) this.#pump(life, true);
+    if (life.last - life.acked >= ACK_EVERY) this.#ack(life);
     else if (!life.ackTimer) {
       life.ackTimer = setTimeout(() => {
         life.ackTimer = 0;
-        if (life.last > life.acked) this.#pump(life, true);
+        if (life.last > life.acked) this.#ack(life);
       }, ACK_AFTER);
     }
+  }
+
+  /** Tell the server what we have: with the next upload, or, while one is in
+   * progress, in a POST of its own (the server lets an ack alone through: the
+   * upload may be waiting for a handler that waits for this very ack). */
+  #ack(life) {
+    if (!life.pumping) {
+      this.#pump(life, true);
+      return;
+    }
+    if (life.acking || !this.#alive(life)) return;
+    const ack = life.last;
+    life.acking = this.#request(life, "send", `{"seq":${life.nextSeq},"messages":[],"ack":${ack}}`)
+      .then((answer) => {
+        if (answer?.status === 200) life.acked = Math.max(life.acked, ack);
+      })
+      .catch(() => null)
+      .finally(() => {
+        life.acking = null;
+      });
   }
 
   // -- up: one POST at a time, everything queued meanwhile in the next ---------
