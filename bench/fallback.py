@@ -65,10 +65,11 @@ import sys
 import tempfile
 import time
 from collections import deque
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from bench.handshakes import _git, _version  # the same run header as bench.handshakes
 
 __all__ = ["main"]
 
@@ -924,20 +925,6 @@ def format_runs(runs: list[dict[str, Any]]) -> str:
             str(errors_total(r)) + (" FAILED" if r["fatal"] else ""),
         ])  # fmt: skip
     return "\n".join(_table(headers, rows, left=2))
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "-"
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def describe_machine() -> dict[str, Any]:

@@ -33,7 +33,7 @@ from fastws.faces import fallback as fallback_module
 from fastws.faces.fallback import session as session_module
 
 from ..conftest import serving, unit
-from .conftest import eventually, port_of
+from .conftest import HttpReply, eventually, port_of
 
 pytestmark = pytest.mark.timeout(int(unit(60)))
 
@@ -44,23 +44,9 @@ JS = os.path.join(os.path.dirname(fallback_module.__file__), "fastws.js")
 # -- HTTP over asyncio streams ---------------------------------------------------
 
 
-class Reply:
-    """A whole HTTP answer (the server closes after it)."""
-
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
-        head, _, self.body = raw.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
-        self.headers: dict[str, list[str]] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            self.headers.setdefault(name.strip().lower(), []).append(value.strip())
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.get(name.lower())
-        return values[0] if values else None
+class Reply(HttpReply):
+    """A whole HTTP answer (the server closes after it); a header that
+    comes twice fails ``header()``."""
 
     def json(self) -> Any:
         return json.loads(self.body)
