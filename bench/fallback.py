@@ -58,7 +58,6 @@ import os
 import platform
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -70,6 +69,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bench.handshakes import _git, _version  # the same run header as bench.handshakes
+from bench.run import _free_port, _stop, wait_quiet  # the same server handling as bench.run
 
 __all__ = ["main"]
 
@@ -676,12 +676,6 @@ async def measure(transport: str, port: int, server_pid: int, opts: argparse.Nam
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -704,17 +698,6 @@ def _run_loop(coro: Any) -> Any:
         return uvloop.run(coro)
     except ImportError:
         return asyncio.run(coro)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
 
 
 def run_one(transport: str, opts: argparse.Namespace, server_cpus: set[int] | None) -> dict[str, Any]:
@@ -755,18 +738,6 @@ def run_one(transport: str, opts: argparse.Namespace, server_cpus: set[int] | No
         if not result["messages"]:
             row["fatal"].append("no echo received in the window")
     return row
-
-
-def wait_quiet(max_wait: float, below: float) -> float:
-    """Wait (up to ``max_wait`` s) until the machine's CPU use over one second
-    is under ``below`` percent of all cores; the last reading."""
-    import psutil
-
-    deadline = time.monotonic() + max_wait
-    while True:
-        busy = float(psutil.cpu_percent(interval=1.0))
-        if busy < below or time.monotonic() >= deadline:
-            return busy
 
 
 def errors_total(row: dict[str, Any]) -> int:

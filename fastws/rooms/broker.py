@@ -11,12 +11,12 @@ import random
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..config import Config
     from .hub import Hub
 
 __all__ = ["MemoryBroker", "backoff", "quiet_task"]
 
 logger = logging.getLogger("fastws.rooms")
+
 
 class MemoryBroker:
     """One process: the hub's own members are every member there is."""

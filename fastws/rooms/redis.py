@@ -58,7 +58,8 @@ logger = logging.getLogger("fastws.rooms")
 #: A publish waiting to be sent: room, message, this node's sequence number.
 _Item = tuple[str, bytes, int]
 
-#: Errors that mean "Redis is not reachable now": reconnect and retry.
+#: Errors that mean "Redis is not reachable now": reconnect and retry
+#: (ConnectionError, which the links raise, is an OSError).
 _DOWN = (RedisError, OSError, asyncio.TimeoutError, EOFError)
 
 # Append to the room's stream, publish with the offset, in one step, so the
@@ -266,7 +267,7 @@ class _Shard:
                 link = await self._connect(self._on_message, False)
             except asyncio.CancelledError:
                 raise
-            except (*_DOWN, ConnectionError) as exc:
+            except _DOWN as exc:
                 attempt += 1
                 if not self.lost:
                     logger.error("rooms: lost Redis %s (%s); reconnecting", self.name, exc or type(exc).__name__)
@@ -542,7 +543,7 @@ class RedisBroker:
                 if isinstance(reply, hiredis.ReplyError):
                     raise ConnectionError(f"SCRIPT LOAD: {reply}")
                 shard.script_loaded = True
-        except (*_DOWN, ConnectionError) as exc:
+        except _DOWN as exc:
             # Nothing was sent: safe to send again.
             self.counters["errors"] += 1
             logger.debug("rooms: cannot publish on %s yet: %s", shard.name, exc)
@@ -560,7 +561,7 @@ class RedisBroker:
             commands = [(self._publish_command, self.channel(room), message) for room, message, _ in items]
         try:
             replies = await link.call(commands)
-        except (*_DOWN, ConnectionError) as exc:
+        except _DOWN as exc:
             self.counters["errors"] += 1
             if self.keeps_history:
                 # Sent, maybe run: the script skips what it already ran.
