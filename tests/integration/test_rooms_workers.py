@@ -100,3 +100,41 @@ def test_one_worker_with_broker_workers_is_the_memory_broker(cli_process: Any) -
     a.close()
     b.close()
     assert proc.stop(signal.SIGTERM) == 0, proc.output
+
+
+def test_the_relay_forwards_to_the_others_and_drops_a_peer_that_sends_garbage(tmp_path: Any) -> None:
+    """The relay's socket, spoken raw: a publish reaches the other peer in the
+    room and not the publisher; a frame with an impossible length closes that
+    peer's connection and the relay keeps serving the others."""
+    import socket
+    import struct
+
+    from fastws.rooms.workers import Relay, relay_path
+
+    relay = Relay(relay_path(str(tmp_path)))
+    relay.start()
+    try:
+        def peer() -> socket.socket:
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(unit(5))
+            s.connect(relay.path)
+            return s
+
+        def frame(kind: bytes, body: bytes) -> bytes:
+            return struct.pack("!IB", len(body) + 1, kind[0]) + body
+
+        a, b, bad = peer(), peer(), peer()
+        a.sendall(frame(b"S", b"r"))
+        b.sendall(frame(b"S", b"r"))
+        time.sleep(0.1)
+        body = struct.pack("!H", 1) + b"r" + b"message"
+        a.sendall(frame(b"P", body))
+        assert b.recv(100) == frame(b"M", body)
+        bad.sendall(struct.pack("!IB", 2**31, ord("P")))
+        assert bad.recv(100) == b""  # dropped
+        b.sendall(frame(b"P", body))
+        assert a.recv(100) == frame(b"M", body)
+        for s in (a, b, bad):
+            s.close()
+    finally:
+        relay.stop()
